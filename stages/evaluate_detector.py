@@ -1,0 +1,665 @@
+"""Evaluate the cross-validated face detectors on their held-out and training images.
+
+For each fold k, the model of fold k detects faces in the images of its test part
+("heldout") and of its training part ("train"), and the stage saves those detections.
+It reports the per-image best-match IoU, AP at IoU 0.5, AP averaged over IoU 0.50:0.95
+and recall at IoU 0.5 (see stages.metrics). Each metric is given per fold and pooled over
+the folds. The main ones also get a mean with a Student-t 95% confidence interval across folds.
+
+    python -m stages.evaluate_detector --params params.yaml --splits data/splits \\
+        --models data/models/detector --predictions data/predictions/detector \\
+        --metrics reports/metrics/detector.json --per-image reports/detector/per_image.csv \\
+        --pr-curves reports/detector/pr_curves.csv --data-summary reports/metrics/data.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import functools
+import json
+import logging
+import math
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path, PurePath
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from stages import metrics
+from stages.atomic import atomic_directory, write_text_atomic
+from stages.cli import run_stage
+from stages.errors import DataError
+from stages.params import ParamsError, add_params_arguments, load_params
+
+logger = logging.getLogger(__name__)
+
+# Part name -> keras-retinanet annotation file of a fold folder.
+PART_FILES = {"heldout": "test.csv", "train": "train.csv"}
+PARTS = tuple(PART_FILES)
+
+FOLDS_COLUMNS = ("image", "person", "fold", "path")
+BOX_COLUMNS = ["x1", "y1", "x2", "y2"]
+PREDICTION_COLUMNS = ["part", "image", *BOX_COLUMNS, "score"]
+PER_IMAGE_COLUMNS = [
+    "fold", "part", "image", "person", "iou", "score",
+    "gt_x1", "gt_y1", "gt_x2", "gt_y2", "pred_x1", "pred_y1", "pred_x2", "pred_y2",
+]  # fmt: skip
+PR_CURVE_COLUMNS = ["fold", "part", "recall", "precision", "score"]
+
+# Points kept per precision-recall curve in the CSV, enough to plot it. AP uses every point.
+PR_CURVE_MAX_POINTS = 200
+# Decimal places of the floats in the metrics JSON.
+JSON_DECIMALS = 4
+# Metrics summarized across folds with a mean and a confidence interval.
+ACROSS_FOLD_METRICS = ("mean_iou", "ap50", "ap50_95", "recall50")
+
+# Returns (boxes (K, 4) in original-image pixels [x1, y1, x2, y2], scores (K,)) for one image path.
+Predictor = Callable[[Path], tuple[np.ndarray, np.ndarray]]
+# Returns the predictor of the model trained for the given fold.
+PredictorLoader = Callable[[int], Predictor]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the command-line parser of the evaluate stage."""
+    parser = argparse.ArgumentParser(
+        prog="python -m stages.evaluate_detector",
+        description="Run each fold's face detector on its held-out and training images and report IoU, AP and recall.",
+    )
+    add_params_arguments(parser)
+    options = {
+        "--splits": "folder with folds.csv and fold<k>/{train,test}.csv",
+        "--models": "folder with one trained model folder per fold, fold<k>/",
+        "--predictions": "output folder for the detections of each fold, fold<k>.csv",
+        "--metrics": "output JSON with per-fold, pooled and across-fold metrics",
+        "--per-image": "output CSV with the best-matching detection of each image",
+        "--pr-curves": "output CSV with precision-recall curves at IoU 0.5",
+        "--data-summary": "JSON from the convert stage with the image counts",
+    }
+    for option, help_text in options.items():
+        parser.add_argument(option, type=Path, required=True, help=help_text)
+    return parser
+
+
+def check_evaluate_params(evaluate_params: Mapping[str, Any], source: str = "params.yaml") -> None:
+    """Raise ParamsError when the per-image IoU would need detections that prediction drops.
+
+    Prediction keeps only detections with score >= ap_score_threshold, so a lower
+    iou_score_threshold would silently act as ap_score_threshold.
+    """
+    iou_threshold = evaluate_params["iou_score_threshold"]
+    ap_threshold = evaluate_params["ap_score_threshold"]
+    if iou_threshold < ap_threshold:
+        raise ParamsError(
+            f"{source}: evaluate.iou_score_threshold ({iou_threshold}) is below evaluate.ap_score_threshold "
+            f"({ap_threshold}); detections under the AP threshold are not kept, so raise iou_score_threshold "
+            "or lower ap_score_threshold"
+        )
+
+
+# --- Input files ---------------------------------------------------------------------
+
+
+def read_folds_table(path: Path) -> pd.DataFrame:
+    """Read folds.csv (columns image, person, fold, path) and check its columns and values."""
+    if not path.is_file():
+        raise DataError(f"{path}: file not found; run the split stage first")
+    # Persons keep their inferred type, so numbered persons sort as numbers in the report.
+    table = pd.read_csv(path, dtype={"image": str, "path": str})
+
+    missing = [column for column in FOLDS_COLUMNS if column not in table.columns]
+    if missing:
+        raise DataError(f"{path}: missing column(s) {', '.join(missing)}; expected {', '.join(FOLDS_COLUMNS)}")
+    if table.empty:
+        raise DataError(f"{path}: no images listed; rerun the split stage")
+    if not pd.api.types.is_integer_dtype(table["fold"]) or (table["fold"] < 0).any():
+        examples = table["fold"].unique()[:5].tolist()
+        raise DataError(f"{path}: column fold must contain whole numbers >= 0, got for example {examples}")
+    if table[["image", "person"]].isna().any().any():
+        line = int(table[table[["image", "person"]].isna().any(axis=1)].index[0]) + 2
+        raise DataError(f"{path}: line {line}: empty image or person")
+
+    duplicated = table["image"][table["image"].duplicated()]
+    if not duplicated.empty:
+        raise DataError(f"{path}: image {duplicated.iloc[0]!r} is listed more than once")
+    return table
+
+
+def _parse_coordinate(csv_path: Path, line: int, name: str, text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise DataError(f"{csv_path}: line {line}: {name} ({text!r}) is not a number") from None
+    if not math.isfinite(value):
+        raise DataError(f"{csv_path}: line {line}: {name} ({text!r}) is not a finite number")
+    return value
+
+
+def _parse_annotation_row(csv_path: Path, line: int, fields: list[str]) -> dict[str, Any]:
+    if len(fields) != 6:
+        raise DataError(f"{csv_path}: line {line}: expected 6 fields 'path,x1,y1,x2,y2,class_name', got {len(fields)}")
+    raw_path, *coordinates, class_name = (field.strip() for field in fields)
+    if not raw_path:
+        raise DataError(f"{csv_path}: line {line}: empty image path")
+    if not all(coordinates) or not class_name:
+        raise DataError(
+            f"{csv_path}: line {line}: missing box or class name for {raw_path}; "
+            "the evaluation expects one face box per image"
+        )
+
+    x1, y1, x2, y2 = (_parse_coordinate(csv_path, line, name, text) for name, text in zip(BOX_COLUMNS, coordinates))
+    if x2 <= x1:
+        raise DataError(f"{csv_path}: line {line}: x2 ({x2:g}) must be higher than x1 ({x1:g})")
+    if y2 <= y1:
+        raise DataError(f"{csv_path}: line {line}: y2 ({y2:g}) must be higher than y1 ({y1:g})")
+
+    image_path = csv_path.parent / raw_path
+    if not image_path.is_file():
+        raise DataError(f"{csv_path}: line {line}: image file {image_path} not found")
+    return {"image": PurePath(raw_path).name, "path": str(image_path), "x1": x1, "y1": y1, "x2": x2, "y2": y2}
+
+
+def read_annotations(csv_path: Path) -> pd.DataFrame:
+    """Read a keras-retinanet annotation CSV with one face box per image.
+
+    The file has no header and rows ``path,x1,y1,x2,y2,class_name``, with paths relative to
+    the CSV's folder. Returns columns image (the file name), path (resolved against the CSV's
+    folder) and x1, y1, x2, y2 in pixels, in file order.
+
+    Raises:
+        DataError: naming the file and line of a malformed row, a missing image
+            file, or a second box for the same image.
+    """
+    if not csv_path.is_file():
+        raise DataError(f"{csv_path}: file not found; run the split stage first")
+
+    rows: list[dict[str, Any]] = []
+    first_line: dict[str, int] = {}
+    with csv_path.open(newline="", encoding="utf-8") as handle:
+        reader = csv.reader(handle)
+        for fields in reader:
+            if not fields or all(not field.strip() for field in fields):
+                continue
+            row = _parse_annotation_row(csv_path, reader.line_num, fields)
+            if row["image"] in first_line:
+                raise DataError(
+                    f"{csv_path}: line {reader.line_num}: second box for image {row['image']} (first on line "
+                    f"{first_line[row['image']]}); the evaluation expects one face per image"
+                )
+            first_line[row["image"]] = reader.line_num
+            rows.append(row)
+    return pd.DataFrame(rows, columns=["image", "path", *BOX_COLUMNS])
+
+
+def check_fold_parts(fold: int, parts: Mapping[str, pd.DataFrame], folds_table: pd.DataFrame, splits_dir: Path) -> None:
+    """Check that a fold's CSVs agree with folds.csv and that no person is in both parts.
+
+    Raises:
+        DataError: for an image missing from folds.csv, a held-out image of
+            another fold, a training image of this fold, or a person in both parts.
+    """
+    folds_csv = splits_dir / "folds.csv"
+    fold_of_image = dict(zip(folds_table["image"], folds_table["fold"]))
+    for part, annotations in parts.items():
+        csv_path = splits_dir / f"fold{fold}" / PART_FILES[part]
+        for image in annotations["image"]:
+            if image not in fold_of_image:
+                raise DataError(f"{csv_path}: image {image!r} is not listed in {folds_csv} (column image)")
+            in_test_fold = fold_of_image[image] == fold
+            if part == "heldout" and not in_test_fold:
+                raise DataError(
+                    f"{csv_path}: image {image} belongs to fold {fold_of_image[image]} in {folds_csv}, not fold {fold}"
+                )
+            if part == "train" and in_test_fold:
+                raise DataError(f"{csv_path}: training image {image} belongs to test fold {fold} in {folds_csv}")
+
+    person_of_image = dict(zip(folds_table["image"], folds_table["person"]))
+    persons = {part: {person_of_image[image] for image in parts[part]["image"]} for part in PARTS}
+    shared = sorted(persons["heldout"] & persons["train"])
+    if shared:
+        raise DataError(
+            f"fold {fold}: persons {', '.join(map(str, shared))} have images in both train.csv and test.csv; "
+            "the folds must group images by person"
+        )
+
+    listed = int((folds_table["fold"] == fold).sum())
+    if listed != len(parts["heldout"]):
+        logger.warning(
+            "fold %d: %s lists %d images for this fold but test.csv has %d",
+            fold, folds_csv, listed, len(parts["heldout"]),
+        )  # fmt: skip
+
+
+def read_split_annotations(splits_dir: Path, folds_table: pd.DataFrame) -> pd.DataFrame:
+    """Read and check every fold's test.csv and train.csv into one table.
+
+    Returns columns fold, part ("heldout" or "train"), image, person, path, x1, y1, x2, y2.
+    """
+    person_of_image = dict(zip(folds_table["image"], folds_table["person"]))
+    frames = []
+    for fold in sorted(int(fold) for fold in folds_table["fold"].unique()):
+        parts = {part: read_annotations(splits_dir / f"fold{fold}" / name) for part, name in PART_FILES.items()}
+        check_fold_parts(fold, parts, folds_table, splits_dir)
+        for part, annotations in parts.items():
+            frame = annotations.assign(fold=fold, part=part)
+            frame["person"] = frame["image"].map(person_of_image)
+            frames.append(frame)
+    columns = ["fold", "part", "image", "person", "path", *BOX_COLUMNS]
+    return pd.concat(frames, ignore_index=True)[columns]
+
+
+def read_data_summary(path: Path) -> dict[str, Any]:
+    """Read the convert stage's JSON summary and check that it has the image counts."""
+    if not path.is_file():
+        raise DataError(f"{path}: file not found; run the convert stage first")
+    try:
+        summary = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise DataError(f"{path}: invalid JSON: {error}") from None
+    for key in ("images_annotated", "images_missing"):
+        if not isinstance(summary, dict) or key not in summary:
+            raise DataError(f"{path}: missing key {key!r}")
+    return summary
+
+
+def check_model_folders(models_dir: Path, folds: Sequence[int]) -> None:
+    """Raise DataError when a fold's model folder is missing."""
+    missing = [str(models_dir / f"fold{fold}") for fold in folds if not (models_dir / f"fold{fold}").is_dir()]
+    if missing:
+        raise DataError(f"model folder(s) not found: {', '.join(missing)}; run the train stage first")
+
+
+def model_predictor_loader(
+    models_dir: Path, detector_params: Mapping[str, Any], evaluate_params: Mapping[str, Any]
+) -> PredictorLoader:
+    """Return a loader of the trained model of each fold, wrapped as a Predictor.
+
+    stages.detector is imported here because it starts TensorFlow, which the tests and
+    ``--help`` do not need.
+    """
+    from stages import detector
+
+    def load(fold: int) -> Predictor:
+        model = detector.load_prediction_model(
+            models_dir / f"fold{fold}",
+            dict(detector_params),
+            max_detections=evaluate_params["max_detections"],
+            score_threshold=evaluate_params["ap_score_threshold"],
+        )
+
+        def predict(image_path: Path) -> tuple[np.ndarray, np.ndarray]:
+            image = detector.read_image_bgr(image_path)
+            return detector.predict_image(
+                model,
+                image,
+                dict(detector_params),
+                max_detections=evaluate_params["max_detections"],
+                score_threshold=evaluate_params["ap_score_threshold"],
+            )
+
+        # NOTE: the previous fold's model is freed only when its predictor is garbage collected.
+        # If TensorFlow keeps that memory, stages.detector should offer a way to release it.
+        return predict
+
+    return load
+
+
+# --- Prediction ----------------------------------------------------------------------
+
+
+def clean_prediction(
+    image: str, boxes: np.ndarray, scores: np.ndarray, min_score: float, max_detections: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Check a predictor's output and keep the ``max_detections`` best boxes with score >= ``min_score``.
+
+    Returns float32 boxes (K, 4) and scores (K,) sorted by descending score (ties in input order).
+
+    Raises:
+        ValueError: naming the image, for wrong shapes, non-finite values or x2 < x1 or y2 < y1.
+    """
+    box_array = np.asarray(boxes, dtype=np.float32)
+    score_array = np.asarray(scores, dtype=np.float32).reshape(-1)
+    if box_array.size == 0:
+        box_array = box_array.reshape(0, 4)
+    if box_array.ndim != 2 or box_array.shape[1] != 4 or len(box_array) != len(score_array):
+        raise ValueError(
+            f"prediction for image {image}: expected boxes of shape (K, 4) and scores of shape (K,), "
+            f"got {box_array.shape} and {score_array.shape}"
+        )
+    metrics.as_boxes(box_array, f"prediction for image {image}")
+    if not np.isfinite(score_array).all():
+        raise ValueError(f"prediction for image {image}: non-finite score in {score_array.tolist()}")
+
+    keep = np.flatnonzero(score_array >= min_score)
+    order = keep[np.argsort(-score_array[keep], kind="stable")][:max_detections]
+    return box_array[order], score_array[order]
+
+
+def empty_predictions() -> pd.DataFrame:
+    """Return a predictions table with no rows and the columns of ``predict_images``."""
+    columns = {"part": pd.Series(dtype=str), "image": pd.Series(dtype=str)}
+    columns.update({name: pd.Series(dtype=np.float32) for name in [*BOX_COLUMNS, "score"]})
+    return pd.DataFrame(columns)
+
+
+def predict_images(
+    predict: Predictor, annotations: pd.DataFrame, part: str, min_score: float, max_detections: int, description: str
+) -> pd.DataFrame:
+    """Run ``predict`` on every image of ``annotations`` with a progress bar.
+
+    Returns one row per kept detection (see ``clean_prediction``) with columns part, image,
+    x1, y1, x2, y2 (float32 pixels) and score (float32). Images without detections have no row.
+    """
+    images: list[str] = []
+    box_arrays = [np.zeros((0, 4), dtype=np.float32)]
+    score_arrays = [np.zeros(0, dtype=np.float32)]
+    rows = zip(annotations["image"], annotations["path"])
+    for image, path in tqdm(rows, total=len(annotations), desc=description, unit="image"):
+        raw_boxes, raw_scores = predict(Path(path))
+        boxes, scores = clean_prediction(image, raw_boxes, raw_scores, min_score, max_detections)
+        images.extend([image] * len(scores))
+        box_arrays.append(boxes)
+        score_arrays.append(scores)
+
+    if not images:
+        return empty_predictions()
+    table = pd.DataFrame(np.concatenate(box_arrays), columns=BOX_COLUMNS)
+    table.insert(0, "image", images)
+    table.insert(0, "part", part)
+    table["score"] = np.concatenate(score_arrays)
+    return table
+
+
+def predict_fold(
+    predict: Predictor, fold: int, annotations: pd.DataFrame, evaluate_params: Mapping[str, Any]
+) -> pd.DataFrame:
+    """Predict both parts of one fold; ``annotations`` is that fold's rows of the annotation table."""
+    frames = []
+    for part in PARTS:
+        frames.append(
+            predict_images(
+                predict,
+                annotations[annotations["part"] == part],
+                part,
+                min_score=evaluate_params["ap_score_threshold"],
+                max_detections=evaluate_params["max_detections"],
+                description=f"fold {fold} {part}",
+            )
+        )
+    return pd.concat(frames, ignore_index=True)
+
+
+# --- Metrics -------------------------------------------------------------------------
+
+
+def _image_keys(table: pd.DataFrame) -> list[tuple[int, str, str]]:
+    rows = zip(table["fold"], table["part"], table["image"])
+    return [(int(fold), str(part), str(image)) for fold, part, image in rows]
+
+
+def _ground_truth(annotations: pd.DataFrame) -> dict[tuple[int, str, str], np.ndarray]:
+    boxes = annotations[BOX_COLUMNS].to_numpy(dtype=np.float64)
+    return dict(zip(_image_keys(annotations), boxes))
+
+
+def _detections(predictions: pd.DataFrame) -> metrics.Detections:
+    return metrics.Detections(
+        tuple(_image_keys(predictions)),
+        predictions[BOX_COLUMNS].to_numpy(dtype=np.float64),
+        predictions["score"].to_numpy(dtype=np.float64),
+    )
+
+
+def summarize_images(
+    annotations: pd.DataFrame, predictions: pd.DataFrame, evaluate_params: Mapping[str, Any]
+) -> dict[str, Any]:
+    """Compute ``metrics.summarize_fold`` for the images in ``annotations``.
+
+    Both tables need a fold and a part column, so that one image evaluated by several
+    fold models counts once per model.
+    """
+    return metrics.summarize_fold(
+        _ground_truth(annotations),
+        _detections(predictions),
+        iou_score_threshold=evaluate_params["iou_score_threshold"],
+        ap_score_threshold=evaluate_params["ap_score_threshold"],
+    )
+
+
+def _rows_of(table: pd.DataFrame, part: str, fold: int | None = None) -> pd.DataFrame:
+    selected = table["part"] == part
+    if fold is not None:
+        selected &= table["fold"] == fold
+    return table[selected]
+
+
+def across_folds(fold_summaries: Sequence[Mapping[str, Any]], part: str) -> dict[str, dict[str, Any]]:
+    """Aggregate each metric of ACROSS_FOLD_METRICS over the folds (``metrics.aggregate_folds``).
+
+    Folds whose part had no images (null metrics) are left out, with a warning.
+    """
+    aggregated = {}
+    for name in ACROSS_FOLD_METRICS:
+        values = [summary[name] for summary in fold_summaries if summary[name] is not None]
+        if len(values) < len(fold_summaries):
+            logger.warning(
+                "%s %s: %d of %d folds have no value and are left out of the across-fold statistics",
+                part, name, len(fold_summaries) - len(values), len(fold_summaries),
+            )  # fmt: skip
+        aggregated[name] = metrics.aggregate_folds(values)
+    return aggregated
+
+
+def build_metrics_report(
+    annotations: pd.DataFrame,
+    predictions: pd.DataFrame,
+    folds: Sequence[int],
+    evaluate_params: Mapping[str, Any],
+) -> dict[str, Any]:
+    """Compute the heldout, train and folds blocks of the metrics JSON.
+
+    ``annotations`` comes from ``read_split_annotations`` and ``predictions`` has one row per
+    detection with columns fold, part, image, x1, y1, x2, y2 and score. A part is pooled over
+    all folds: each held-out image counts once and each training image once per fold that
+    trains on it, ranked together for AP although the detections come from different models.
+    """
+    fold_blocks: dict[str, dict[str, Any]] = {}
+    fold_summaries: dict[str, list[dict[str, Any]]] = {part: [] for part in PARTS}
+    for fold in folds:
+        block: dict[str, Any] = {}
+        for part in PARTS:
+            summary = summarize_images(
+                _rows_of(annotations, part, fold), _rows_of(predictions, part, fold), evaluate_params
+            )
+            if summary["images"] == 0:
+                logger.warning("fold %d %s: no images, so its metrics are null", fold, part)
+            block[part] = summary
+            fold_summaries[part].append(summary)
+
+        heldout = _rows_of(annotations, "heldout", fold)
+        block["test_persons"] = sorted(heldout["person"].unique().tolist())
+        block["test_images"] = len(heldout)
+        fold_blocks[f"fold{fold}"] = block
+
+    report: dict[str, Any] = {"folds": fold_blocks}
+    for part in PARTS:
+        pooled = summarize_images(_rows_of(annotations, part), _rows_of(predictions, part), evaluate_params)
+        if pooled["images"] == 0:
+            logger.warning("%s: no images in any fold, so the pooled metrics are null", part)
+        pooled["across_folds"] = across_folds(fold_summaries[part], part)
+        report[part] = pooled
+    return report
+
+
+def dataset_block(annotations: pd.DataFrame, folds: Sequence[int], data_summary: Mapping[str, Any]) -> dict[str, Any]:
+    """Describe the evaluated data: held-out images, image counts of the convert stage, folds and persons."""
+    heldout = _rows_of(annotations, "heldout")
+    return {
+        "images": int(heldout["image"].nunique()),
+        "images_annotated": data_summary["images_annotated"],
+        "images_missing": data_summary["images_missing"],
+        "folds": len(folds),
+        "grouped_by": "person",
+        "persons": int(annotations["person"].nunique()),
+    }
+
+
+def per_image_table(
+    annotations: pd.DataFrame, predictions: pd.DataFrame, iou_score_threshold: float
+) -> pd.DataFrame:
+    """List each evaluated image with its best-matching detection (score >= ``iou_score_threshold``).
+
+    Returns PER_IMAGE_COLUMNS in the order of ``annotations``. Images without such a
+    detection get IoU 0 and empty score and pred_* cells.
+    """
+    predictions = predictions.reset_index(drop=True)
+    matches = metrics.best_match_per_image(_ground_truth(annotations), _detections(predictions), iou_score_threshold)
+    match_rows = [row for row, _ in matches.values()]
+    matched = predictions.reindex([-1 if row is None else row for row in match_rows])
+
+    table = annotations[["fold", "part", "image", "person"]].reset_index(drop=True)
+    table["iou"] = [iou for _, iou in matches.values()]
+    table["score"] = matched["score"].to_numpy()
+    for name in BOX_COLUMNS:
+        table[f"gt_{name}"] = annotations[name].to_numpy()
+    for name in BOX_COLUMNS:
+        table[f"pred_{name}"] = matched[name].to_numpy()
+    return table[PER_IMAGE_COLUMNS]
+
+
+def curve_point_indices(count: int, max_points: int = PR_CURVE_MAX_POINTS) -> np.ndarray:
+    """Pick at most ``max_points`` evenly spaced indices of a curve of ``count`` points, first and last included."""
+    if count <= max_points:
+        return np.arange(count)
+    return np.unique(np.round(np.linspace(0, count - 1, max_points)).astype(np.intp))
+
+
+def pr_curve_table(
+    annotations: pd.DataFrame, predictions: pd.DataFrame, folds: Sequence[int], ap_score_threshold: float
+) -> pd.DataFrame:
+    """Compute each fold's precision-recall curve per part at IoU 0.5, thinned by ``curve_point_indices``.
+
+    Returns PR_CURVE_COLUMNS. A part without images or detections has no rows.
+    """
+    frames = []
+    for fold in folds:
+        for part in PARTS:
+            faces = _ground_truth(_rows_of(annotations, part, fold))
+            if not faces:
+                continue
+            truth = {key: box[np.newaxis, :] for key, box in faces.items()}
+            ranked = _detections(_rows_of(predictions, part, fold)).with_min_score(ap_score_threshold)
+            recall, precision, scores = metrics.precision_recall_curve(ranked, truth, metrics.VOC_IOU_THRESHOLD)
+            keep = curve_point_indices(len(recall))
+            # Scores go back to the predictor's float32 so the CSV shows 0.95, not 0.949999988.
+            curve = {"recall": recall[keep], "precision": precision[keep], "score": scores[keep].astype(np.float32)}
+            frames.append(pd.DataFrame({"fold": fold, "part": part, **curve}))
+    if not frames:
+        return pd.DataFrame(columns=PR_CURVE_COLUMNS)
+    return pd.concat(frames, ignore_index=True)
+
+
+def json_ready(value: Any, decimals: int = JSON_DECIMALS) -> Any:
+    """Convert NumPy numbers to Python ones and round floats to ``decimals`` places, recursively.
+
+    Raises:
+        ValueError: for a NaN or infinite float, which JSON cannot represent.
+    """
+    if isinstance(value, Mapping):
+        return {str(key): json_ready(item, decimals) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_ready(item, decimals) for item in value]
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        if not math.isfinite(value):
+            raise ValueError(f"cannot write the non-finite value {value} to JSON")
+        return round(float(value), decimals)
+    return value
+
+
+# --- Output files --------------------------------------------------------------------
+
+
+def write_csv_atomic(table: pd.DataFrame, path: Path) -> None:
+    """Write ``table`` to ``path`` as CSV with a header and no index, atomically."""
+    write_text_atomic(path, table.to_csv(index=False))
+
+
+def write_json_atomic(value: Any, path: Path) -> None:
+    """Write ``value`` to ``path`` as indented JSON with sorted keys, atomically."""
+    write_text_atomic(path, json.dumps(value, sort_keys=True, indent=2, allow_nan=False) + "\n")
+
+
+def read_predictions(path: Path) -> pd.DataFrame:
+    """Read a fold<k>.csv written by this stage: columns part, image, x1, y1, x2, y2, score (float32)."""
+    dtypes = {"part": str, "image": str, **{name: np.float32 for name in [*BOX_COLUMNS, "score"]}}
+    table = pd.read_csv(path, dtype=dtypes)
+    if list(table.columns) != PREDICTION_COLUMNS:
+        raise DataError(
+            f"{path}: expected columns {','.join(PREDICTION_COLUMNS)}, got {','.join(map(str, table.columns))}"
+        )
+    return table
+
+
+# --- Command line --------------------------------------------------------------------
+
+
+def run(args: argparse.Namespace, load_predictor: PredictorLoader | None) -> None:
+    """Evaluate every fold and write the predictions, metrics, per-image and curve files."""
+    params = load_params(args.params, args.profile)
+    evaluate_params = params["evaluate"]
+    check_evaluate_params(evaluate_params, source=str(args.params))
+
+    folds_table = read_folds_table(args.splits / "folds.csv")
+    annotations = read_split_annotations(args.splits, folds_table)
+    data_summary = read_data_summary(args.data_summary)
+    folds = sorted(int(fold) for fold in folds_table["fold"].unique())
+    if load_predictor is None:
+        check_model_folders(args.models, folds)
+        load_predictor = model_predictor_loader(args.models, params["detector"], evaluate_params)
+
+    fold_predictions = []
+    with atomic_directory(args.predictions) as staging:
+        for fold in folds:
+            logger.info("fold %d: loading the model", fold)
+            predict = load_predictor(fold)
+            predictions = predict_fold(predict, fold, annotations[annotations["fold"] == fold], evaluate_params)
+            write_csv_atomic(predictions[PREDICTION_COLUMNS], staging / f"fold{fold}.csv")
+            fold_predictions.append(predictions.assign(fold=fold))
+    all_predictions = pd.concat(fold_predictions, ignore_index=True)
+
+    report = build_metrics_report(annotations, all_predictions, folds, evaluate_params)
+    report["profile"] = params["profile"]
+    report["dataset"] = dataset_block(annotations, folds, data_summary)
+    write_json_atomic(json_ready(report), args.metrics)
+    per_image = per_image_table(annotations, all_predictions, evaluate_params["iou_score_threshold"])
+    write_csv_atomic(per_image, args.per_image)
+    curves = pr_curve_table(annotations, all_predictions, folds, evaluate_params["ap_score_threshold"])
+    write_csv_atomic(curves, args.pr_curves)
+
+    heldout = report["heldout"]
+    logger.info(
+        "held-out images: %d, mean IoU %s, AP50 %s, AP50:95 %s; wrote %s",
+        heldout["images"], heldout["mean_iou"], heldout["ap50"], heldout["ap50_95"], args.metrics,
+    )  # fmt: skip
+
+
+def main(argv: Sequence[str] | None = None, load_predictor: PredictorLoader | None = None) -> int:
+    """Run the evaluate stage; return 0 on success and 1 on a known error.
+
+    ``load_predictor`` replaces the trained models, for tests. By default each fold's model
+    is loaded from ``--models`` through stages.detector.
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    return run_stage(functools.partial(run, load_predictor=load_predictor), args, parser.prog)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

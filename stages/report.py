@@ -1,0 +1,634 @@
+"""Build the PDF report: held-out and training metrics, parameters, data, splits, figures, provenance.
+
+The report sets this study's held-out results next to the training-set IoU that the original
+study (Song and Van, "EmotiveLens: face detection with focal loss training criterion and small
+data", Stanford CS230) reported. It prints the whole effective params.yaml, so it depends on
+every key. Text uses fpdf2's core fonts, which cover Latin-1 only, and other characters are
+printed as "?".
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import importlib.metadata
+import json
+import logging
+import math
+import os
+import platform
+import re
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import pandas as pd
+import yaml
+from fpdf import FPDF
+from fpdf.fonts import FontFace
+from PIL import Image
+
+from stages.cli import run_stage
+from stages.errors import DataError
+from stages.params import add_params_arguments, load_params
+
+log = logging.getLogger(__name__)
+
+NOT_AVAILABLE = "n/a"
+FONT = "Helvetica"
+HEADING_FILL = (225, 232, 240)
+SUMMARY_FILL = (238, 243, 248)
+CAPTION_GREY = 70
+MM_PER_INCH = 25.4
+# Pixels per inch assumed for a PNG without a pHYs chunk. stages.figures writes 150.
+DEFAULT_FIGURE_DPI = 150.0
+
+# Packages whose versions decide the results, by their distribution names.
+PACKAGES = ("tensorflow", "tf-keras", "keras-retinanet", "keras-resnet", "snakemake", "dvc", "numpy",
+            "pandas", "scikit-learn", "matplotlib", "opencv-python-headless", "fpdf2")
+
+METRIC_COLUMNS = (
+    ("mean_iou", "Mean IoU"),
+    ("min_iou", "Min IoU"),
+    ("max_iou", "Max IoU"),
+    ("ap50", "AP@0.5"),
+    ("ap50_95", "AP@[.5:.95]"),
+    ("recall50", "Recall@0.5"),
+)
+SUMMARY_ROWS = (*METRIC_COLUMNS[:3], ("median_iou", "Median IoU"), *METRIC_COLUMNS[3:], ("images", "Images"))
+PART_LABELS = {"heldout": "held-out", "train": "train"}
+ACROSS_FOLD_STATISTICS = (("mean", "fold mean"), ("sd", "fold SD"), ("ci95", "fold 95% CI"))
+
+FIGURE_ORDER = ("focal_loss.png", "per_image_iou.png", "examples.png", "pr_curves.png", "training_curves.png")
+
+HONEST_COMPARISON = (
+    "The original study measured IoU only on the images it had trained on, and its authors note that "
+    "they had no held-out test set. Such numbers show how well the model fits the training data and can "
+    "hide overfitting. Here every image is scored by the model of the fold in which that image's person "
+    "was held out, so the held-out numbers show how the detector does on faces it has never seen. They "
+    "are the honest comparison. Our training-set numbers are given only to compare like with like."
+)
+
+
+@dataclass
+class Provenance:
+    """Sources of the report: code version, DVC stages, input checksums, software and machine."""
+
+    git: str
+    dvc_stages: list[tuple[str, str, str, str]] | None  # (stage, dep or out, path, md5), or None without dvc.lock
+    inputs: list[tuple[str, str, int]]  # (path, md5, size in bytes)
+    packages: list[tuple[str, str]]
+    machine: list[tuple[str, str]]
+
+
+@dataclass
+class ReportContent:
+    """Everything the PDF shows, already read from disk."""
+
+    params: dict
+    metrics: dict
+    data_summary: dict
+    splits: pd.DataFrame  # folds.csv: image, person, fold, path
+    figures: list[tuple[Path, str]]  # (PNG file, caption)
+    missing_figures: list[str]
+    provenance: Provenance
+    generated: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+
+
+def latin1(text: object) -> str:
+    """Return ``text`` as a string that the core PDF fonts can show, with "?" for other characters."""
+    return str(text).encode("latin-1", "replace").decode("latin-1")
+
+
+def format_metric(value: object, digits: int = 3) -> str:
+    """Format a metric value: "n/a" for None or NaN, integers as they are, floats to ``digits`` places."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return NOT_AVAILABLE
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value)
+    if isinstance(value, int):
+        return str(value)
+    return f"{value:.{digits}f}"
+
+
+def format_value(value: object) -> str:
+    """Format a parameter or data-summary value: JSON spelling for null, booleans and lists."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, float):
+        return NOT_AVAILABLE if math.isnan(value) else f"{value:.6g}"
+    return json.dumps(value)
+
+
+def flatten(mapping: dict, prefix: str = "") -> list[tuple[str, object]]:
+    """Return (dotted key, value) pairs for every leaf of a nested mapping, in mapping order."""
+    pairs = []
+    for key, value in mapping.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            pairs.extend(flatten(value, f"{name}."))
+        else:
+            pairs.append((name, value))
+    return pairs
+
+
+def format_interval(statistics: dict | None) -> str:
+    """Format across-fold statistics as "mean [low, high]" with "n/a" for missing parts."""
+    if not statistics:
+        return NOT_AVAILABLE
+    mean = format_metric(statistics.get("mean"))
+    low, high = statistics.get("ci95_low"), statistics.get("ci95_high")
+    if low is None and high is None:
+        return mean
+    return f"{mean} [{format_metric(low)}, {format_metric(high)}]"
+
+
+def format_bounds(statistics: dict | None) -> str:
+    """Format a 95% confidence interval as "low to high", or "n/a" when both bounds are missing."""
+    low, high = (statistics or {}).get("ci95_low"), (statistics or {}).get("ci95_high")
+    if low is None and high is None:
+        return NOT_AVAILABLE
+    return f"{format_metric(low)} to {format_metric(high)}"
+
+
+def fold_number(key: str) -> int:
+    """Return 3 for "fold3", or raise DataError for a key of another form."""
+    match = re.fullmatch(r"fold(\d+)", str(key))
+    if not match:
+        raise DataError(f"detector metrics: fold key {key!r} is not of the form fold<k>")
+    return int(match.group(1))
+
+
+def sorted_folds(metrics: dict) -> list[tuple[str, dict]]:
+    return sorted((metrics.get("folds") or {}).items(), key=lambda item: fold_number(item[0]))
+
+
+class ReportPDF(FPDF):
+    """A4 report pages with a running header and page numbers."""
+
+    def __init__(self, generated: str) -> None:
+        super().__init__(orientation="P", unit="mm", format="A4")
+        self.generated = generated
+        self.set_margins(15, 15, 15)
+        self.set_auto_page_break(True, margin=15)
+
+    def header(self) -> None:
+        if self.page_no() == 1:
+            return
+        self.set_font(FONT, "", 8)
+        self.set_text_color(120)
+        self.cell(0, 5, "EmotiveLens face detection report", new_x="LMARGIN", new_y="NEXT")
+        self.set_text_color(0)
+        self.ln(2)
+
+    def footer(self) -> None:
+        self.set_y(-12)
+        self.set_font(FONT, "", 8)
+        self.set_text_color(120)
+        self.cell(0, 5, f"Generated {self.generated}", align="L")
+        self.set_x(self.l_margin)
+        self.cell(0, 5, f"Page {self.page_no()} of {{nb}}", align="R")
+        self.set_text_color(0)
+
+    def heading(self, text: str) -> None:
+        # Start a new page when less than a heading and a few table rows fit.
+        if self.get_y() > self.page_break_trigger - 30:
+            self.add_page()
+        self.ln(3)
+        self.set_font(FONT, "B", 13)
+        self.cell(0, 8, latin1(text), new_x="LMARGIN", new_y="NEXT")
+        self.set_font(FONT, "", 9.5)
+
+    def paragraph(self, text: str, size: float = 9.5, style: str = "") -> None:
+        self.set_font(FONT, style, size)
+        self.multi_cell(0, size * 0.5, latin1(text), align="L", new_x="LMARGIN", new_y="NEXT")
+        self.ln(1.5)
+
+    def data_table(self, header: Sequence[str], rows: Iterable[Sequence[object]],
+                   col_widths: Sequence[float], align: Sequence[str] | None = None,
+                   size: float = 8.5, font: str = FONT) -> None:
+        """Draw a table with a shaded heading row that repeats on every page the table spans."""
+        self.set_font(font, "", size)
+        style = FontFace(family=FONT, emphasis="BOLD", fill_color=HEADING_FILL)
+        with self.table(col_widths=col_widths, text_align=align or "LEFT", headings_style=style,
+                        line_height=size * 0.48, padding=(0.8, 1.2), borders_layout="HORIZONTAL_LINES",
+                        width=sum(col_widths) if sum(col_widths) < self.epw else self.epw,
+                        align="LEFT") as table:
+            table.row([latin1(text) for text in header])
+            for values in rows:
+                table.row([latin1(value) for value in values])
+        self.ln(2)
+
+
+def _title(pdf: ReportPDF, content: ReportContent) -> None:
+    pdf.set_font(FONT, "B", 18)
+    pdf.cell(0, 10, "EmotiveLens face detection report", new_x="LMARGIN", new_y="NEXT")
+    pdf.set_font(FONT, "", 10)
+    dataset = content.metrics.get("dataset") or {}
+    pdf.paragraph(
+        f"Generated {pdf.generated}. Profile: {content.params.get('profile', NOT_AVAILABLE)}. "
+        f"RetinaNet (keras-retinanet, backbone {content.params['detector']['backbone']}) trained with focal loss "
+        f"on Caltech Faces 1999: {format_metric(dataset.get('images'))} images of "
+        f"{format_metric(dataset.get('persons'))} persons, {format_metric(dataset.get('folds'))}-fold "
+        f"cross-validation grouped by {dataset.get('grouped_by', NOT_AVAILABLE)}.",
+        size=10,
+    )
+
+
+def _summary(pdf: ReportPDF, content: ReportContent) -> None:
+    pdf.heading("Summary")
+    heldout = content.metrics.get("heldout") or {}
+    train = content.metrics.get("train") or {}
+    across = heldout.get("across_folds") or {}
+    paper = content.params["report"]
+    paper_values = {"mean_iou": paper["paper_train_mean_iou"], "min_iou": paper["paper_train_min_iou"],
+                    "max_iou": paper["paper_train_max_iou"]}
+
+    rows = []
+    for key, label in SUMMARY_ROWS:
+        interval = format_interval(across[key]) if key in across else ""
+        original = format_metric(paper_values[key]) if key in paper_values else "not reported"
+        rows.append((label, format_metric(heldout.get(key)), interval, format_metric(train.get(key)), original))
+    pdf.data_table(
+        ("Metric", "Held-out, all images", "Held-out, fold mean [95% CI]", "Training, all images",
+         "Original study, training"),
+        rows, col_widths=(30, 34, 48, 34, 34), align=("LEFT", "RIGHT", "RIGHT", "RIGHT", "RIGHT"), size=9,
+    )
+
+    pdf.set_fill_color(*SUMMARY_FILL)
+    pdf.set_font(FONT, "", 9.5)
+    text = (
+        f"Held-out mean IoU {format_metric(heldout.get('mean_iou'))} "
+        f"(AP@0.5 {format_metric(heldout.get('ap50'))}, AP@[.5:.95] {format_metric(heldout.get('ap50_95'))}, "
+        f"recall@0.5 {format_metric(heldout.get('recall50'))}) against the original study's mean training IoU "
+        f"of {100 * paper['paper_train_mean_iou']:.1f}% (min {100 * paper['paper_train_min_iou']:.1f}%, "
+        f"max {100 * paper['paper_train_max_iou']:.1f}%). " + HONEST_COMPARISON
+    )
+    pdf.multi_cell(0, 4.8, latin1(text), border=1, fill=True, padding=2.5, align="L", new_x="LMARGIN",
+                   new_y="NEXT")
+    pdf.ln(1)
+
+    pdf.paragraph(
+        "All images: pooled over the images of every fold. The training values pool each fold's training "
+        "images, so every image counts once for each fold that trained on it. Fold mean: mean of the per-fold "
+        "values, with a 95% confidence interval over folds. AP@[.5:.95] is the mean AP over IoU thresholds "
+        "0.50 to 0.95 in steps of 0.05.",
+        size=8,
+    )
+
+
+def _parameters(pdf: ReportPDF, content: ReportContent) -> None:
+    pdf.heading("Parameters")
+    pdf.paragraph(f"Effective params.yaml after the overrides of profile '{content.params.get('profile')}'.")
+    rows = [(key, format_value(value)) for key, value in flatten(content.params)]
+    pdf.data_table(("Key", "Value"), rows, col_widths=(70, 110), size=8)
+
+
+def _data_summary(pdf: ReportPDF, content: ReportContent) -> None:
+    pdf.heading("Data")
+    lists = {}
+    rows = []
+    for key, value in flatten(content.data_summary):
+        if isinstance(value, list):
+            lists[key] = value
+            rows.append((key, f"{len(value)} (listed below)"))
+        else:
+            rows.append((key, format_value(value)))
+    pdf.data_table(("Quantity", "Value"), rows, col_widths=(70, 50), size=8.5)
+    for key, values in lists.items():
+        names = ", ".join(format_value(value) for value in values) if values else "none"
+        pdf.paragraph(f"{key} ({len(values)}): {names}", size=8.5)
+
+
+def split_rows(splits: pd.DataFrame) -> list[tuple[str, str, str, str]]:
+    """Return (fold, test persons, test images, train images) per fold and a total row."""
+    rows = []
+    for fold, test in splits.groupby("fold", sort=True):
+        persons = ", ".join(str(person) for person in sorted(test["person"].unique()))
+        rows.append((str(fold), persons, str(len(test)), str(len(splits) - len(test))))
+    rows.append(("all", f"{splits['person'].nunique()} persons", str(len(splits)), ""))
+    return rows
+
+
+def _splits(pdf: ReportPDF, content: ReportContent) -> None:
+    pdf.heading("Cross-validation splits")
+    pdf.paragraph("Each person's images are all in one fold, so no test person is seen in training. "
+                  "A fold's model trains on the images of every other fold.")
+    pdf.data_table(("Fold", "Test persons", "Test images", "Train images"), split_rows(content.splits),
+                   col_widths=(15, 105, 30, 30), align=("LEFT", "LEFT", "RIGHT", "RIGHT"))
+
+
+def fold_metric_rows(metrics: dict) -> list[tuple[str, ...]]:
+    """Return per-fold, pooled and across-fold rows of the fold metrics table."""
+    rows = []
+    for key, fold in sorted_folds(metrics):
+        for part in ("heldout", "train"):
+            values = fold.get(part) or {}
+            rows.append((str(fold_number(key)), PART_LABELS[part], format_metric(values.get("images")),
+                         *(format_metric(values.get(column)) for column, _ in METRIC_COLUMNS)))
+    for part in ("heldout", "train"):
+        values = metrics.get(part) or {}
+        rows.append(("all", PART_LABELS[part], format_metric(values.get("images")),
+                     *(format_metric(values.get(column)) for column, _ in METRIC_COLUMNS)))
+    for part in ("heldout", "train"):
+        across = (metrics.get(part) or {}).get("across_folds") or {}
+        for statistic, label in ACROSS_FOLD_STATISTICS:
+            cells = []
+            for column, _ in METRIC_COLUMNS:
+                if column not in across:
+                    cells.append("")
+                elif statistic == "ci95":
+                    cells.append(format_bounds(across[column]))
+                else:
+                    cells.append(format_metric((across[column] or {}).get(statistic)))
+            rows.append((label, PART_LABELS[part], "", *cells))
+    return rows
+
+
+def _fold_metrics(pdf: ReportPDF, content: ReportContent) -> None:
+    pdf.heading("Metrics per fold")
+    pdf.paragraph("Held-out: the fold's test persons. Train: the images the fold's model trained on. "
+                  "Min and max IoU have no across-fold statistics. n/a marks a value that could not be computed.")
+    header = ("Fold", "Part", "Images", *(label for _, label in METRIC_COLUMNS))
+    pdf.data_table(header, fold_metric_rows(content.metrics), col_widths=(19, 14, 13, 25, 16, 16, 25, 27, 25),
+                   align=("LEFT", "LEFT", *(["RIGHT"] * 7)), size=8)
+
+
+def _figures(pdf: ReportPDF, content: ReportContent) -> None:
+    pdf.add_page()
+    pdf.heading("Figures")
+    if content.missing_figures:
+        pdf.paragraph(f"Not found among the figures: {', '.join(content.missing_figures)}.")
+    for number, (path, caption) in enumerate(content.figures, start=1):
+        with Image.open(path) as image:
+            width_px, height_px = image.size
+            dpi = float(image.info.get("dpi", (DEFAULT_FIGURE_DPI,))[0]) or DEFAULT_FIGURE_DPI
+        # A figure keeps its size in inches, so its fonts keep their point sizes, unless it is too wide.
+        width = min(pdf.epw, width_px / dpi * MM_PER_INCH)
+        height = width * height_px / width_px
+        caption_room = 14
+        full_page = pdf.page_break_trigger - pdf.t_margin - caption_room - 8
+        if height > full_page:
+            height = full_page
+            width = height * width_px / height_px
+        if pdf.get_y() + height + caption_room > pdf.page_break_trigger:
+            pdf.add_page()
+        pdf.image(str(path), x=pdf.l_margin + (pdf.epw - width) / 2, w=width, h=height)
+        pdf.ln(1.5)
+        pdf.set_text_color(CAPTION_GREY)
+        pdf.paragraph(f"Figure {number}: {caption}", size=8.5, style="I")
+        pdf.set_text_color(0)
+        pdf.ln(3)
+
+
+def _provenance(pdf: ReportPDF, content: ReportContent) -> None:
+    provenance = content.provenance
+    pdf.add_page()
+    pdf.heading("Provenance")
+    pdf.paragraph(f"Git commit: {provenance.git}")
+    if provenance.dvc_stages is None:
+        pdf.paragraph("No dvc.lock was found, so this run was not made with DVC (or its lock file was not kept).")
+    else:
+        pdf.paragraph("Stages recorded in dvc.lock, with the MD5 of each dependency and output:", size=9)
+        pdf.data_table(("Stage", "Kind", "Path", "MD5"), provenance.dvc_stages, col_widths=(32, 11, 82, 55), size=7.5)
+    pdf.paragraph("Input files of this report:", size=9)
+    pdf.data_table(("File", "MD5", "Bytes"), [(path, md5, str(size)) for path, md5, size in provenance.inputs],
+                   col_widths=(95, 63, 22), align=("LEFT", "LEFT", "RIGHT"), size=7.5)
+    pdf.paragraph("Software:", size=9)
+    pdf.data_table(("Package", "Version"), provenance.packages, col_widths=(50, 50), size=8)
+    pdf.paragraph("Machine that built this report:", size=9)
+    pdf.data_table(("Property", "Value"), provenance.machine, col_widths=(40, 140), size=8)
+
+
+def build_report(content: ReportContent) -> bytes:
+    """Lay out the report and return the PDF file as bytes."""
+    pdf = ReportPDF(generated=content.generated.strftime("%Y-%m-%d %H:%M UTC"))
+    pdf.set_title("EmotiveLens face detection report")
+    pdf.set_creation_date(content.generated)
+    pdf.add_page()
+    for section in (_title, _summary, _parameters, _data_summary, _splits, _fold_metrics, _figures, _provenance):
+        section(pdf, content)
+    return bytes(pdf.output())
+
+
+def figure_captions(params: dict) -> dict[str, str]:
+    """Return the caption of each figure that stages.figures writes, with the values of this run."""
+    gamma = params["detector"]["focal"]["gamma"]
+    threshold = params["evaluate"]["iou_score_threshold"]
+    paper_mean = params["report"]["paper_train_mean_iou"]
+    return {
+        "focal_loss.png": (
+            f"Focal loss FL(p_t) = -(1 - p_t)^gamma log(p_t) against the probability p_t of the true class, for "
+            f"gamma 0 (cross-entropy), 0.5, 1, 2 and 5, after Lin et al. (2017), Fig. 1, without the alpha weight. "
+            f"The thick curve is this run's gamma ({gamma:g}). Larger gamma lowers the loss of well-classified "
+            f"examples, so training focuses on hard ones."
+        ),
+        "per_image_iou.png": (
+            f"IoU between the true box and the top detection with score at least {threshold:g}; an image without "
+            f"one counts as IoU 0. Left: held-out images sorted by IoU and coloured by fold, and the training "
+            f"images of all folds in grey, against percentile rank. Lines mark this study's held-out and training "
+            f"means and the original study's training mean ({paper_mean:.3f}). Right: the distributions."
+        ),
+        "examples.png": (
+            f"Held-out images spread evenly from the best to the worst IoU. Green, solid: true box. Orange, "
+            f"dashed: top detection with its score and IoU. Blue, dotted: other detections with score at least "
+            f"{threshold:g}."
+        ),
+        "pr_curves.png": (
+            "Held-out precision-recall curves, one per fold; a detection is correct when its IoU with the true "
+            "box is at least 0.5. The legend gives each fold's AP@0.5."
+        ),
+        "training_curves.png": (
+            "Training loss of each fold per step (batch), log scale: total loss, its focal classification part "
+            "and its smooth L1 box regression part. Faint: the loss of each batch. Solid: its exponential "
+            "moving average. Dots: mean of each epoch."
+        ),
+    }
+
+
+def find_figures(folder: Path, captions: dict[str, str]) -> tuple[list[tuple[Path, str]], list[str]]:
+    """Return the PNG files in ``folder`` with captions, known figures first, and the known ones missing."""
+    if not folder.is_dir():
+        raise DataError(f"{folder}: figure folder not found")
+    present = {path.name: path for path in folder.glob("*.png") if not path.name.startswith(".")}
+    ordered = [name for name in FIGURE_ORDER if name in present]
+    ordered += sorted(name for name in present if name not in FIGURE_ORDER)
+    figures = [(present[name], captions.get(name, name)) for name in ordered]
+    missing = [name for name in FIGURE_ORDER if name not in present]
+    for name in missing:
+        log.warning("figure %s not found in %s", name, folder)
+    return figures, missing
+
+
+def _git(directory: Path, *arguments: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["git", *arguments], cwd=directory, capture_output=True, text=True, check=False)
+
+
+def git_state(directory: Path) -> str:
+    """Return the commit checked out in ``directory``, marked dirty when files differ from it."""
+    try:
+        if _git(directory, "rev-parse", "--is-inside-work-tree").returncode != 0:
+            return "not available (not a git repository)"
+        head = _git(directory, "rev-parse", "--verify", "--quiet", "HEAD")
+        status = _git(directory, "status", "--porcelain")
+    except FileNotFoundError:
+        return "not available (git is not installed)"
+    if head.returncode != 0:
+        return "not available (the repository has no commit yet)"
+    dirty = " (dirty: uncommitted changes)" if status.stdout.strip() else ""
+    return head.stdout.strip() + dirty
+
+
+def dvc_lock_entries(path: Path) -> list[tuple[str, str, str, str]] | None:
+    """Return (stage, "dep" or "out", path, md5) for every entry in dvc.lock, or None when it is absent."""
+    if not path.is_file():
+        return None
+    try:
+        lock = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as error:
+        raise DataError(f"{path}: invalid YAML: {error}") from None
+    stages = lock.get("stages") if isinstance(lock, dict) else None
+    if not isinstance(stages, dict):
+        raise DataError(f"{path}: expected a 'stages' mapping (dvc.lock schema 2.0)")
+    rows = []
+    for stage, entry in stages.items():
+        for kind, section in (("dep", "deps"), ("out", "outs")):
+            for item in (entry or {}).get(section) or []:
+                rows.append((stage, kind, item.get("path", NOT_AVAILABLE), item.get("md5") or NOT_AVAILABLE))
+    return rows
+
+
+def file_md5(path: Path) -> str:
+    digest = hashlib.md5()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def package_versions(names: Sequence[str] = PACKAGES) -> list[tuple[str, str]]:
+    versions = [("python", platform.python_version())]
+    for name in names:
+        try:
+            versions.append((name, importlib.metadata.version(name)))
+        except importlib.metadata.PackageNotFoundError:
+            versions.append((name, "not installed"))
+    return versions
+
+
+def cpu_model() -> str:
+    """Return the CPU model name from /proc/cpuinfo (Linux), else platform.processor()."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text(encoding="utf-8", errors="replace").splitlines():
+            if line.lower().startswith(("model name", "hardware", "cpu model")):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or NOT_AVAILABLE
+
+
+def machine_description() -> list[tuple[str, str]]:
+    return [
+        ("Platform", platform.platform()),
+        ("Architecture", platform.machine()),
+        ("CPU", cpu_model()),
+        ("Logical CPUs", str(os.cpu_count() or NOT_AVAILABLE)),
+        ("Python", f"{platform.python_implementation()} {platform.python_version()}"),
+    ]
+
+
+def read_json(path: Path) -> dict:
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise DataError(f"{path}: invalid JSON: {error}") from None
+
+
+def read_splits(folder: Path) -> pd.DataFrame:
+    path = folder / "folds.csv"
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    try:
+        splits = pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as error:
+        raise DataError(f"{path}: invalid CSV: {error}") from None
+    missing = [column for column in ("image", "person", "fold") if column not in splits.columns]
+    if missing:
+        raise DataError(f"{path}: missing columns {', '.join(missing)}")
+    return splits
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with temporary.open("wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def collect_content(args: argparse.Namespace) -> ReportContent:
+    """Read every input of the report and describe the software and machine."""
+    params = load_params(args.params, args.profile)
+    metrics = read_json(args.metrics)
+    data_summary = read_json(args.data_summary)
+    splits = read_splits(args.splits)
+    figures, missing = find_figures(args.figures, figure_captions(params))
+    input_files = [args.params, args.metrics, args.data_summary, args.splits / "folds.csv"]
+    input_files += [path for path, _ in figures]
+    if args.dvc_lock.is_file():
+        input_files.append(args.dvc_lock)
+    provenance = Provenance(
+        git=git_state(Path.cwd()),
+        dvc_stages=dvc_lock_entries(args.dvc_lock),
+        inputs=[(str(path), file_md5(path), path.stat().st_size) for path in input_files],
+        packages=package_versions(),
+        machine=machine_description(),
+    )
+    return ReportContent(
+        params=params,
+        metrics=metrics,
+        data_summary=data_summary,
+        splits=splits,
+        figures=figures,
+        missing_figures=missing,
+        provenance=provenance,
+    )
+
+
+def write_report(args: argparse.Namespace) -> None:
+    content = collect_content(args)
+    write_bytes_atomic(args.out, build_report(content))
+    log.info("wrote %s", args.out)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m stages.report", description=__doc__.split("\n\n")[0])
+    add_params_arguments(parser)
+    parser.add_argument("--metrics", type=Path, required=True, help="detector metrics JSON (detector.json)")
+    parser.add_argument("--data-summary", type=Path, required=True, help="data summary JSON (data.json)")
+    parser.add_argument("--splits", type=Path, required=True, help="split folder with folds.csv")
+    parser.add_argument("--figures", type=Path, required=True, help="folder with the PNG figures")
+    parser.add_argument("--dvc-lock", type=Path, default=Path("dvc.lock"),
+                        help="DVC lock file to list in the provenance section, if it exists (default: dvc.lock)")
+    parser.add_argument("--out", type=Path, required=True, help="PDF file to write")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    return run_stage(write_report, args, parser.prog)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,185 @@
+"""Train one RetinaNet face detector per cross-validation fold.
+
+Each fold trains on ``fold{k}/train.csv`` of the split folder and writes a model folder
+``<out>/fold{k}/`` (see stages.detector). Training saves a checkpoint (weights, optimizer state
+and epoch) after every epoch under ``--checkpoints``, in a folder keyed by a hash of the settings
+and the training data, so rerunning an interrupted command resumes where it stopped, and a
+changed setting never resumes from a stale checkpoint.
+
+Per-step losses go to ``<curves>/fold{k}-steps.csv`` and per-epoch losses to
+``<curves>/fold{k}-epochs.csv``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import json
+import logging
+import os
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from stages.atomic import atomic_directory
+from stages.cli import run_stage
+from stages.errors import TrainingError
+from stages.params import add_params_arguments, load_params
+
+log = logging.getLogger(__name__)
+
+MIRROR_ENV = "EMOTIVELENS_MIRROR"
+WEIGHTS_MIRROR_FOLDER = "keras-weights"
+# ImageNet weight file names of keras-retinanet's backbones (its download_imagenet methods).
+MOBILENET_ALPHA_TEXT = {"0.25": "2_5", "0.5": "5_0", "0.75": "7_5", "1.0": "1_0"}
+
+
+def imagenet_weights_filename(backbone: str) -> str:
+    """Return the file name keras-retinanet uses for ``backbone``'s ImageNet weights."""
+    if backbone.startswith("mobilenet"):
+        rows, alpha = backbone.removeprefix("mobilenet").split("_")
+        return f"mobilenet_{MOBILENET_ALPHA_TEXT[alpha]}_{rows}_tf_no_top.h5"
+    if backbone.startswith("resnet"):
+        return f"ResNet-{backbone.removeprefix('resnet')}-model.keras.h5"
+    raise TrainingError(f"no ImageNet weights file is known for backbone {backbone!r}")
+
+
+@dataclass(frozen=True)
+class FoldData:
+    """The training annotations of one fold."""
+
+    index: int
+    train_csv: Path
+    images: int
+
+
+def find_folds(splits_dir: Path) -> list[FoldData]:
+    """List ``fold{k}/train.csv`` in ``splits_dir`` in fold order; fail if there are none."""
+    folds = []
+    for train_csv in sorted(splits_dir.glob("fold*/train.csv"), key=lambda p: int(p.parent.name.removeprefix("fold"))):
+        with train_csv.open(newline="", encoding="utf-8") as handle:
+            images = {row[0] for row in csv.reader(handle) if row}
+        folds.append(FoldData(int(train_csv.parent.name.removeprefix("fold")), train_csv, len(images)))
+    if not folds:
+        raise TrainingError(f"{splits_dir}: no fold*/train.csv found; run the split stage first")
+    return folds
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_sha256sums(path: Path) -> dict[str, str]:
+    """Parse a ``sha256sum`` listing into {file name: hash}."""
+    sums = {}
+    for line_number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        parts = line.split()
+        if len(parts) != 2 or len(parts[0]) != 64:
+            raise TrainingError(f"{path}, line {line_number}: expected '<sha256> <file name>', got {line!r}")
+        sums[parts[1].lstrip("*")] = parts[0]
+    return sums
+
+
+def resolve_backbone_weights(backbone: str, weights: str, mirror: Path | None) -> Path | None:
+    """Return the ImageNet weights file for ``backbone``, or None when ``weights`` is 'none'.
+
+    With a mirror the file comes from ``<mirror>/keras-weights/`` and must match that folder's
+    SHA256SUMS; otherwise keras-retinanet downloads it into the Keras cache (~/.keras/models).
+    """
+    if weights == "none":
+        return None
+    filename = imagenet_weights_filename(backbone)
+    if mirror is not None:
+        folder = mirror / WEIGHTS_MIRROR_FOLDER
+        path = folder / filename
+        sums_path = folder / "SHA256SUMS"
+        if not path.is_file():
+            raise TrainingError(
+                f"{path}: ImageNet weights for backbone {backbone!r} not found in the mirror; "
+                "add the file or set detector.weights to none")
+        if not sums_path.is_file():
+            raise TrainingError(f"{sums_path}: not found; the mirror must list the sha256 of {filename}")
+        expected = read_sha256sums(sums_path).get(filename)
+        if expected is None:
+            raise TrainingError(f"{sums_path}: no entry for {filename}")
+        actual = sha256_of(path)
+        if actual != expected:
+            raise TrainingError(f"{path}: sha256 {actual} does not match {expected} in {sums_path}")
+        return path
+    from stages import detector as detector_module
+
+    try:
+        return Path(detector_module.models.backbone(backbone).download_imagenet())
+    except Exception as error:  # keras' get_file raises several network error types
+        raise TrainingError(
+            f"downloading ImageNet weights for backbone {backbone!r} failed ({error}); "
+            f"set {MIRROR_ENV} to a mirror folder or set detector.weights to none") from error
+
+
+def run_key(detector_params: dict, fold: FoldData, classes_csv: Path, weights_path: Path | None) -> str:
+    """Hash everything that shapes a fold's training run, to name its checkpoint folder."""
+    digest = hashlib.sha256()
+    digest.update(json.dumps(detector_params, sort_keys=True).encode())
+    digest.update(fold.train_csv.read_bytes())
+    digest.update(classes_csv.read_bytes())
+    digest.update(b"" if weights_path is None else sha256_of(weights_path).encode())
+    return digest.hexdigest()[:16]
+
+
+def train_all(folds: list[FoldData], classes_csv: Path, params: dict, mirror: Path | None,
+              checkpoint_root: Path, out_dir: Path, curves_dir: Path) -> None:
+    """Train every fold, then publish models and curves in one rename each."""
+    from stages import detector_training
+
+    weights_path = resolve_backbone_weights(params["backbone"], params["weights"], mirror)
+    finished = {}
+    for fold in folds:
+        work_dir = checkpoint_root / run_key(params, fold, classes_csv, weights_path) / f"fold{fold.index}"
+        work_dir.mkdir(parents=True, exist_ok=True)
+        finished[fold.index] = detector_training.train_fold(fold, classes_csv, params, weights_path, work_dir)
+
+    with atomic_directory(out_dir) as staging_models, atomic_directory(curves_dir) as staging_curves:
+        for index, final_dir in finished.items():
+            shutil.copytree(final_dir, staging_models / f"fold{index}", ignore=shutil.ignore_patterns("*.csv"))
+            shutil.copy2(final_dir / "steps.csv", staging_curves / f"fold{index}-steps.csv")
+            shutil.copy2(final_dir / "epochs.csv", staging_curves / f"fold{index}-epochs.csv")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_params_arguments(parser)
+    parser.add_argument("--splits", type=Path, required=True, help="split folder with fold*/train.csv")
+    parser.add_argument("--classes", type=Path, required=True, help="keras-retinanet class mapping CSV")
+    parser.add_argument("--out", type=Path, required=True, help="folder for the trained models, one per fold")
+    parser.add_argument("--curves", type=Path, required=True, help="folder for the per-step and per-epoch loss CSVs")
+    parser.add_argument("--checkpoints", type=Path, default=Path("data/checkpoints/detector"),
+                        help="folder for resumable checkpoints (default: data/checkpoints/detector)")
+    parser.add_argument("--mirror", type=Path, default=None,
+                        help=f"local mirror folder with keras-weights/ (default: ${MIRROR_ENV} if set)")
+    return parser
+
+
+def run(args: argparse.Namespace) -> None:
+    """Train every fold with the settings and paths in ``args``."""
+    mirror = args.mirror or (Path(os.environ[MIRROR_ENV]) if os.environ.get(MIRROR_ENV) else None)
+    params = load_params(args.params, args.profile)
+    folds = find_folds(args.splits)
+    train_all(folds, args.classes, params["detector"], mirror, args.checkpoints, args.out, args.curves)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the training stage; return 0 on success and 1 on a known error."""
+    parser = build_parser()
+    return run_stage(run, parser.parse_args(argv), parser.prog)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

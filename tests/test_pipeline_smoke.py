@@ -1,0 +1,116 @@
+"""The smoke profile runs end to end on real Caltech images, through DVC and through Snakemake.
+
+Each orchestrator runs in its own copy of the project. The dataset comes from the mirror folder
+named by EMOTIVELENS_MIRROR when it is set, otherwise from the official download.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+PROJECT_ENTRIES = ("stages", "workflow", "params.yaml", "dvc.yaml", ".dvcignore")
+TIMEOUT_S = 900
+
+pytestmark = pytest.mark.integration
+
+
+def run(command: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(cwd))
+    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
+    assert result.returncode == 0, f"{' '.join(command)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+    return result
+
+
+def copy_project(destination: Path, profile: str) -> Path:
+    destination.mkdir()
+    for entry in PROJECT_ENTRIES:
+        source = PROJECT_ROOT / entry
+        if source.is_dir():
+            shutil.copytree(source, destination / entry, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(source, destination / entry)
+    params = yaml.safe_load((destination / "params.yaml").read_text())
+    params["profile"] = profile
+    (destination / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run(["git", "init", "-q"], destination)
+    run([sys.executable, "-m", "dvc", "init", "-q"], destination)
+    run([sys.executable, "-m", "dvc", "config", "core.analytics", "false"], destination)
+    return destination
+
+
+@pytest.fixture(scope="module")
+def dvc_project(tmp_path_factory):
+    project = copy_project(tmp_path_factory.mktemp("dvc") / "project", "smoke")
+    first = run([sys.executable, "-m", "dvc", "repro"], project)
+    second = run([sys.executable, "-m", "dvc", "repro"], project)
+    return project, first, second
+
+
+@pytest.fixture(scope="module")
+def snakemake_project(tmp_path_factory):
+    project = copy_project(tmp_path_factory.mktemp("snakemake") / "project", "default")
+    run([sys.executable, "-m", "snakemake", "--cores", "2", "--config", "profile=smoke"], project)
+    dry_run = run([sys.executable, "-m", "snakemake", "--dry-run", "--config", "profile=smoke"], project)
+    return project, dry_run
+
+
+def read_metrics(project: Path) -> dict:
+    return json.loads((project / "reports" / "metrics" / "detector.json").read_text())
+
+
+def assert_pipeline_outputs(project: Path) -> None:
+    metrics = read_metrics(project)
+    assert metrics["dataset"]["folds"] == 2
+    assert metrics["dataset"]["grouped_by"] == "person"
+    assert set(metrics["folds"]) == {"fold0", "fold1"}
+    for part in ("heldout", "train"):
+        for key in ("mean_iou", "min_iou", "max_iou", "ap50", "ap50_95", "recall50"):
+            assert 0.0 <= metrics[part][key] <= 1.0, f"{part}.{key}"
+    figures = {path.name for path in (project / "reports" / "figures").glob("*.png")}
+    assert {"focal_loss.png", "per_image_iou.png", "examples.png", "pr_curves.png", "training_curves.png"} <= figures
+    assert (project / "reports" / "emotivelens-report.pdf").read_bytes().startswith(b"%PDF")
+
+
+def test_dvc_repro_runs_smoke_profile(dvc_project):
+    project, _first, _second = dvc_project
+    assert_pipeline_outputs(project)
+    assert (project / "dvc.lock").is_file()
+
+
+def test_second_dvc_repro_does_nothing(dvc_project):
+    project, _first, second = dvc_project
+    assert "Running stage" not in second.stdout
+    status = run([sys.executable, "-m", "dvc", "status"], project)
+    assert "Data and pipelines are up to date" in status.stdout
+
+
+def test_dvc_metrics_show_lists_detector_metrics(dvc_project):
+    project, _first, _second = dvc_project
+    shown = run([sys.executable, "-m", "dvc", "metrics", "show", "--json"], project)
+    assert "heldout" in shown.stdout
+    assert "mean_iou" in shown.stdout
+
+
+def test_snakemake_runs_smoke_profile(snakemake_project):
+    project, _dry_run = snakemake_project
+    assert_pipeline_outputs(project)
+
+
+def test_second_snakemake_run_has_nothing_to_do(snakemake_project):
+    _project, dry_run = snakemake_project
+    assert "Nothing to be done" in dry_run.stdout + dry_run.stderr
+
+
+def test_both_orchestrators_make_identical_splits(dvc_project, snakemake_project):
+    dvc_folds = (dvc_project[0] / "data" / "splits" / "folds.csv").read_text()
+    snakemake_folds = (snakemake_project[0] / "data" / "splits" / "folds.csv").read_text()
+    assert dvc_folds == snakemake_folds

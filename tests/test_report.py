@@ -1,0 +1,300 @@
+"""Tests for stages.report on small synthetic metrics, splits and figures written in tmp_path."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from stages import report
+from stages.errors import DataError
+from stages.params import PROJECT_ROOT
+
+METRIC_KEYS = ("mean_iou", "min_iou", "max_iou", "median_iou", "ap50", "ap50_95", "recall50")
+FIGURE_SIZES = {"focal_loss.png": (300, 210), "per_image_iou.png": (470, 250), "examples.png": (420, 515),
+                "pr_curves.png": (300, 230), "training_curves.png": (375, 400)}
+
+DVC_LOCK = """\
+schema: '2.0'
+stages:
+  split:
+    cmd: python -m stages.split
+    deps:
+    - path: data/converted/annotations.csv
+      hash: md5
+      md5: 0123456789abcdef0123456789abcdef
+      size: 100
+    outs:
+    - path: data/splits
+      hash: md5
+      md5: fedcba9876543210fedcba9876543210.dir
+      size: 2000
+      nfiles: 3
+"""
+
+
+def part_metrics(base: float, images: int) -> dict:
+    values = dict(zip(METRIC_KEYS, (base, base - 0.3, base + 0.05, base + 0.01, 0.9, 0.5, 0.92)))
+    return {**values, "images": images}
+
+
+def null_metrics() -> dict:
+    return {**{key: None for key in METRIC_KEYS}, "images": 0}
+
+
+def across(mean: float) -> dict:
+    return {"mean": mean, "sd": 0.02, "ci95_low": mean - 0.03, "ci95_high": mean + 0.03, "n": 2}
+
+
+def write_inputs(root: Path, with_dvc_lock: bool = True) -> list[str]:
+    """Write detector.json (fold 1's training part empty, so null), data.json, folds.csv and PNGs.
+
+    Returns the arguments of stages.report for these files.
+    """
+    metrics = {
+        "profile": "default",
+        "dataset": {"images": 8, "images_annotated": 10, "images_missing": 2, "folds": 2,
+                    "grouped_by": "person", "persons": 4},
+        "heldout": {**part_metrics(0.81, 8), "across_folds": {
+            "mean_iou": across(0.8), "ap50": across(0.9), "ap50_95": {"mean": 0.5, "sd": None, "ci95_low": None,
+                                                                     "ci95_high": None, "n": 1},
+            "recall50": across(0.92)}},
+        "train": {**part_metrics(0.9, 4), "across_folds": {
+            "mean_iou": {"mean": 0.9, "sd": None, "ci95_low": None, "ci95_high": None, "n": 1},
+            "ap50": across(0.95), "ap50_95": across(0.6), "recall50": across(0.97)}},
+        "folds": {
+            "fold1": {"heldout": part_metrics(0.79, 4), "train": null_metrics(), "test_persons": [2, 4],
+                      "test_images": 4},
+            "fold0": {"heldout": part_metrics(0.83, 4), "train": part_metrics(0.9, 4), "test_persons": [1, 3],
+                      "test_images": 4},
+        },
+    }
+    data_summary = {"images_annotated": 10, "images_present": 8, "images_missing": 2,
+                    "missing_images": ["image_0009.jpg", "image_0010.jpg"], "images_used": 8, "boxes": 8,
+                    "boxes_clipped": 1, "box_width": {"min": 40.0, "mean": 52.25, "max": 61.0},
+                    "box_height_mean": 70.5, "extra_note": "kept"}
+    metrics_path = root / "reports/metrics/detector.json"
+    data_path = root / "reports/metrics/data.json"
+    metrics_path.parent.mkdir(parents=True)
+    metrics_path.write_text(json.dumps(metrics), encoding="utf-8")
+    data_path.write_text(json.dumps(data_summary), encoding="utf-8")
+
+    splits = root / "data/splits"
+    splits.mkdir(parents=True)
+    lines = ["image,person,fold,path"]
+    for number in range(1, 9):
+        person = (number - 1) // 2 + 1
+        lines.append(f"image_{number:04d}.jpg,{person},{(person + 1) % 2},../images/image_{number:04d}.jpg")
+    (splits / "folds.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+    figures = root / "reports/figures"
+    figures.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name, (width, height) in FIGURE_SIZES.items():
+        pixels = rng.integers(0, 255, (height, width, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(figures / name, dpi=(50, 50))
+
+    dvc_lock = root / "dvc.lock"
+    if with_dvc_lock:
+        dvc_lock.write_text(DVC_LOCK, encoding="utf-8")
+    return [
+        "--params", str(PROJECT_ROOT / "params.yaml"), "--profile", "default",
+        "--metrics", str(metrics_path), "--data-summary", str(data_path), "--splits", str(splits),
+        "--figures", str(figures), "--dvc-lock", str(dvc_lock), "--out", str(root / "reports/report.pdf"),
+    ]
+
+
+def pdf_strings(data: bytes) -> list[str]:
+    """Return the text shown by the PDF's core-font ``(...) Tj`` operators, in drawing order."""
+    strings = []
+    for match in re.finditer(rb"stream\r?\n(.*?)\r?\nendstream", data, re.S):
+        try:
+            content = zlib.decompress(match.group(1))
+        except zlib.error:
+            continue
+        for operator in re.finditer(rb"\(((?:\\.|[^\\)])*)\) Tj", content):
+            strings.append(re.sub(rb"\\(.)", rb"\1", operator.group(1)).decode("latin-1"))
+    return strings
+
+
+def pdf_text(data: bytes) -> str:
+    """Return the shown text joined by spaces, so that a phrase wrapped over two lines still matches."""
+    return " ".join(pdf_strings(data))
+
+
+@pytest.fixture(scope="module")
+def built_report(tmp_path_factory: pytest.TempPathFactory) -> tuple[bytes, str]:
+    """Build one report for all content checks, from a folder outside any git repository."""
+    root = tmp_path_factory.mktemp("report")
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        monkeypatch.chdir(root)
+        assert report.main(write_inputs(root)) == 0
+    assert [path.name for path in (root / "reports").iterdir() if path.is_file()] == ["report.pdf"]
+    data = (root / "reports/report.pdf").read_bytes()
+    return data, pdf_text(data)
+
+
+def test_main_writes_pdf(built_report: tuple[bytes, str]) -> None:
+    data, _text = built_report
+
+    assert data.startswith(b"%PDF-")
+    assert data.rstrip().endswith(b"%%EOF")
+    assert len(data) > 10_000
+
+
+@pytest.mark.parametrize("expected", [
+    "EmotiveLens face detection report",
+    "Original study, training",
+    "0.943",
+    "94.3%",
+    "honest comparison",
+    "Profile: default",
+    "detector.focal.gamma",
+    "image_0009.jpg, image_0010.jpg",
+    "missing_images (2)",
+    "box_width.mean",
+    "extra_note",
+    "Test persons",
+    "fold 95% CI",
+    "Figure 5:",
+    "fedcba9876543210fedcba9876543210.dir",
+    "not a git repository",
+    "keras-retinanet",
+])
+def test_pdf_contains(built_report: tuple[bytes, str], expected: str) -> None:
+    _data, text = built_report
+
+    assert expected in text
+
+
+def test_pdf_prints_null_metrics_as_na(built_report: tuple[bytes, str]) -> None:
+    data, text = built_report
+
+    assert pdf_strings(data).count("n/a") >= len(report.METRIC_COLUMNS)
+    assert "None" not in text
+    assert "nan" not in text.split()
+
+
+def test_fold_rows_show_null_part_as_na() -> None:
+    metrics = {"folds": {"fold0": {"heldout": part_metrics(0.8, 4), "train": null_metrics()}},
+               "heldout": {}, "train": None}
+
+    rows = report.fold_metric_rows(metrics)
+
+    assert rows[0][:4] == ("0", "held-out", "4", "0.800")
+    assert rows[1] == ("0", "train", "0", *["n/a"] * len(report.METRIC_COLUMNS))
+    assert rows[3] == ("all", "train", "n/a", *["n/a"] * len(report.METRIC_COLUMNS))
+
+
+def test_fold_rows_sort_folds_by_number() -> None:
+    metrics = {"folds": {f"fold{k}": {"heldout": null_metrics(), "train": null_metrics()} for k in (10, 2, 0)}}
+
+    rows = report.fold_metric_rows(metrics)
+
+    assert [row[0] for row in rows[:6:2]] == ["0", "2", "10"]
+
+
+def test_main_without_dvc_lock_notes_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    argv = write_inputs(tmp_path, with_dvc_lock=False)
+
+    assert report.main(argv) == 0
+
+    assert "not made with DVC" in pdf_text((tmp_path / "reports/report.pdf").read_bytes())
+
+
+def test_main_reports_missing_metrics(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                      capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.chdir(tmp_path)
+    argv = write_inputs(tmp_path)
+    (tmp_path / "reports/metrics/detector.json").unlink()
+
+    assert report.main(argv) == 1
+
+    assert "detector.json: file not found" in capsys.readouterr().err
+    assert not (tmp_path / "reports/report.pdf").exists()
+
+
+@pytest.mark.parametrize(("value", "expected"), [(None, "n/a"), (float("nan"), "n/a"), (0.94321, "0.943"),
+                                                 (450, "450"), (0, "0")])
+def test_format_metric(value: object, expected: str) -> None:
+    assert report.format_metric(value) == expected
+
+
+def test_format_interval_without_bounds() -> None:
+    assert report.format_interval({"mean": 0.5, "ci95_low": None, "ci95_high": None}) == "0.500"
+    assert report.format_interval({"mean": 0.5, "ci95_low": 0.4, "ci95_high": None}) == "0.500 [0.400, n/a]"
+    assert report.format_interval(None) == "n/a"
+
+
+def test_format_bounds() -> None:
+    assert report.format_bounds({"ci95_low": 0.1, "ci95_high": 0.25}) == "0.100 to 0.250"
+    assert report.format_bounds({"ci95_low": None, "ci95_high": None}) == "n/a"
+    assert report.format_bounds(None) == "n/a"
+
+
+def test_latin1_replaces_other_characters() -> None:
+    assert report.latin1("IoU \u2265 0.5, \u03b3 = 2, 94.3 \u00b1 1") == "IoU ? 0.5, ? = 2, 94.3 \u00b1 1"
+
+
+def test_split_rows_count_train_images() -> None:
+    import pandas as pd
+
+    splits = pd.DataFrame({"image": list("abcde"), "person": [1, 1, 2, 3, 3], "fold": [0, 0, 1, 0, 0]})
+
+    rows = report.split_rows(splits)
+
+    assert rows == [("0", "1, 3", "4", "1"), ("1", "2", "1", "4"), ("all", "3 persons", "5", "")]
+
+
+def test_dvc_lock_entries(tmp_path: Path) -> None:
+    lock = tmp_path / "dvc.lock"
+    lock.write_text(DVC_LOCK, encoding="utf-8")
+
+    entries = report.dvc_lock_entries(lock)
+
+    assert entries == [
+        ("split", "dep", "data/converted/annotations.csv", "0123456789abcdef0123456789abcdef"),
+        ("split", "out", "data/splits", "fedcba9876543210fedcba9876543210.dir"),
+    ]
+    assert report.dvc_lock_entries(tmp_path / "absent.lock") is None
+
+
+def test_dvc_lock_entries_reject_invalid_file(tmp_path: Path) -> None:
+    lock = tmp_path / "dvc.lock"
+    lock.write_text("schema: '2.0'\nstages: [a, b]\n", encoding="utf-8")
+
+    with pytest.raises(DataError, match="expected a 'stages' mapping"):
+        report.dvc_lock_entries(lock)
+
+
+def test_git_state_marks_dirty_tree(tmp_path: Path) -> None:
+    def git(*arguments: str) -> None:
+        subprocess.run(["git", "-c", "user.name=test", "-c", "user.email=test@example.org", *arguments],
+                       cwd=tmp_path, check=True, capture_output=True)
+
+    assert report.git_state(tmp_path) == "not available (not a git repository)"
+    git("init", "-q")
+    assert report.git_state(tmp_path) == "not available (the repository has no commit yet)"
+    (tmp_path / "a.txt").write_text("a", encoding="utf-8")
+    git("add", "a.txt")
+    git("commit", "-q", "-m", "add a")
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=tmp_path, capture_output=True, text=True).stdout.strip()
+
+    assert report.git_state(tmp_path) == commit
+    (tmp_path / "a.txt").write_text("b", encoding="utf-8")
+    assert report.git_state(tmp_path) == f"{commit} (dirty: uncommitted changes)"
+
+
+def test_package_versions_mark_missing_package() -> None:
+    versions = dict(report.package_versions(["numpy", "no-such-package-for-emotivelens"]))
+
+    assert versions["numpy"] == np.__version__
+    assert versions["no-such-package-for-emotivelens"] == "not installed"
+    assert "python" in versions

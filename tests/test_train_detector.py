@@ -1,0 +1,180 @@
+"""Detector training: one-step smoke run, resume after an interruption, non-finite loss, weights."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from stages import train_detector
+from stages.params import load_params
+
+IMAGE_SIZE = (128, 96)  # width, height
+
+
+def write_fold(root: Path, images: int = 4) -> Path:
+    """Write ``images`` synthetic pictures with one bright box each, as split folder fold0."""
+    image_dir = root / "images"
+    image_dir.mkdir(parents=True)
+    fold_dir = root / "splits" / "fold0"
+    fold_dir.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    rows = []
+    for index in range(images):
+        pixels = rng.integers(0, 60, size=(IMAGE_SIZE[1], IMAGE_SIZE[0], 3), dtype=np.uint8)
+        x1, y1 = 20 + 5 * index, 15 + 3 * index
+        x2, y2 = x1 + 50, y1 + 60
+        pixels[y1:y2, x1:x2] = 220
+        name = f"image_{index:04d}.jpg"
+        Image.fromarray(pixels).save(image_dir / name)
+        rows.append([f"../../images/{name}", x1, y1, x2, y2, "face"])
+    with (fold_dir / "train.csv").open("w", newline="") as handle:
+        csv.writer(handle).writerows(rows)
+    (root / "classes.csv").write_text("face,0\n")
+    return root / "splits"
+
+
+def tiny_detector_params(**overrides) -> dict:
+    params = load_params("params.yaml", "smoke")["detector"]
+    params.update(
+        weights="none", image_min_side=64, image_max_side=96, feature_size=8,
+        batch_size=2, epochs=1, steps_per_epoch=1)
+    params.update(overrides)
+    return params
+
+
+def run_training(tmp_path: Path, params: dict) -> Path:
+    splits = tmp_path / "splits" if (tmp_path / "splits").exists() else write_fold(tmp_path)
+    folds = train_detector.find_folds(splits)
+    train_detector.train_all(folds, tmp_path / "classes.csv", params, None, tmp_path / "checkpoints",
+                             tmp_path / "models", tmp_path / "curves")
+    return tmp_path
+
+
+def read_rows(path: Path) -> list[dict]:
+    with path.open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_one_step_training_writes_model_and_curves(tmp_path):
+    run_training(tmp_path, tiny_detector_params())
+
+    model_dir = tmp_path / "models" / "fold0"
+    assert (model_dir / "weights.h5").is_file()
+    assert (model_dir / "model.json").is_file()
+    steps = read_rows(tmp_path / "curves" / "fold0-steps.csv")
+    assert len(steps) == 1
+    assert math.isfinite(float(steps[0]["loss"]))
+    epochs = read_rows(tmp_path / "curves" / "fold0-epochs.csv")
+    assert [row["epoch"] for row in epochs] == ["1"]
+
+
+def test_trained_model_predicts_boxes_in_image_pixels(tmp_path):
+    from stages import detector
+
+    run_training(tmp_path, tiny_detector_params())
+    model = detector.load_prediction_model(tmp_path / "models" / "fold0", max_detections=5, score_threshold=0.0)
+    image = detector.read_image_bgr(tmp_path / "images" / "image_0000.jpg")
+    boxes, scores = detector.predict_image(model, image)
+
+    assert boxes.shape[1] == 4
+    assert boxes.shape[0] == scores.shape[0] <= 5
+    assert np.all(np.diff(scores) <= 0)
+
+
+def test_interrupted_training_resumes_from_checkpoint(tmp_path, monkeypatch, caplog):
+    from stages import detector_training
+
+    params = tiny_detector_params(epochs=2)
+    original = detector_training.TrainingMonitor.on_epoch_end
+
+    def stop_after_first_epoch(self, epoch, logs=None):
+        original(self, epoch, logs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(detector_training.TrainingMonitor, "on_epoch_end", stop_after_first_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        run_training(tmp_path, params)
+    assert not (tmp_path / "models").exists()
+
+    monkeypatch.setattr(detector_training.TrainingMonitor, "on_epoch_end", original)
+    with caplog.at_level("INFO"):
+        run_training(tmp_path, params)
+
+    assert "resuming after epoch 1" in caplog.text
+    epochs = read_rows(tmp_path / "curves" / "fold0-epochs.csv")
+    assert [row["epoch"] for row in epochs] == ["1", "2"]
+    steps = read_rows(tmp_path / "curves" / "fold0-steps.csv")
+    assert [row["global_step"] for row in steps] == ["1", "2"]
+
+
+def test_finished_fold_is_reused_not_retrained(tmp_path, caplog):
+    params = tiny_detector_params()
+    run_training(tmp_path, params)
+    with caplog.at_level("INFO"):
+        run_training(tmp_path, params)
+    assert "reusing the finished model" in caplog.text
+
+
+def test_non_finite_loss_stops_with_loss_parts(tmp_path, monkeypatch):
+    import tensorflow as tf
+
+    from stages import detector
+
+    def nan_loss(y_true, y_pred):
+        return tf.reduce_sum(y_pred) * float("nan")
+
+    def compile_with_nan_loss(model, focal, learning_rate, clipnorm):
+        model.compile(loss={"regression": nan_loss, "classification": nan_loss},
+                      optimizer=detector.keras.optimizers.Adam(learning_rate=learning_rate))
+
+    monkeypatch.setattr(detector, "compile_training_model", compile_with_nan_loss)
+    with pytest.raises(train_detector.TrainingError, match=r"non-finite loss at epoch 1, step 1: loss nan"):
+        run_training(tmp_path, tiny_detector_params())
+    assert not (tmp_path / "models").exists()
+
+
+def write_weights_mirror(root: Path, content: bytes, listed_hash: str | None = None) -> Path:
+    folder = root / "keras-weights"
+    folder.mkdir(parents=True)
+    name = train_detector.imagenet_weights_filename("mobilenet224_0.25")
+    (folder / name).write_bytes(content)
+    digest = listed_hash or hashlib.sha256(content).hexdigest()
+    (folder / "SHA256SUMS").write_text(f"{digest}  {name}\n")
+    return root
+
+
+def test_mirror_weights_are_checked_against_sha256sums(tmp_path):
+    mirror = write_weights_mirror(tmp_path, b"weights")
+    path = train_detector.resolve_backbone_weights("mobilenet224_0.25", "imagenet", mirror)
+    assert path.name == "mobilenet_2_5_224_tf_no_top.h5"
+
+
+def test_mirror_weights_with_wrong_hash_are_rejected(tmp_path):
+    mirror = write_weights_mirror(tmp_path, b"weights", listed_hash="0" * 64)
+    with pytest.raises(train_detector.TrainingError, match="does not match"):
+        train_detector.resolve_backbone_weights("mobilenet224_0.25", "imagenet", mirror)
+
+
+def test_mirror_without_weights_file_names_the_path(tmp_path):
+    with pytest.raises(train_detector.TrainingError, match=r"ResNet-50-model\.keras\.h5.*not found"):
+        train_detector.resolve_backbone_weights("resnet50", "imagenet", tmp_path)
+
+
+def test_weights_none_needs_no_file(tmp_path):
+    assert train_detector.resolve_backbone_weights("resnet50", "none", tmp_path) is None
+
+
+def test_resnet_from_random_weights_has_trainable_batch_norm():
+    from stages import detector
+
+    config = {"backbone": "resnet50", "image_min_side": 64, "image_max_side": 96, "feature_size": 8}
+    model = detector.build_training_model(config, pretrained=False)
+    batch_norms = [layer for layer in model.layers if hasattr(layer, "freeze")]
+    assert batch_norms
+    assert all(layer.trainable and not layer.freeze for layer in batch_norms)

@@ -1,0 +1,116 @@
+"""Snakemake and DVC declare the same stages: names, command lines, inputs and outputs."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from stages.params import ParamsError, load_params
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+LOG_REDIRECT = re.compile(r"\s+2>&1 \| tee \S+$")
+
+
+def run_snakemake(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([*SNAKEMAKE, *args], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300)
+
+
+def snakemake_jobs(profile: str = "default") -> dict[str, dict]:
+    """Parse ``snakemake --dry-run --forceall --printshellcmds`` into {rule: inputs, outputs, command}."""
+    result = run_snakemake("--dry-run", "--forceall", "--printshellcmds", "--config", f"profile={profile}")
+    assert result.returncode == 0, result.stderr + result.stdout
+    jobs = {}
+    for block in re.split(r"\n(?=rule \w+:)", result.stdout):
+        header = re.match(r"rule (\w+):", block)
+        if not header or header.group(1) == "all":
+            continue
+        fields = dict(re.findall(r"^    (input|output): (.*)$", block, flags=re.MULTILINE))
+        command = re.search(r"^Shell command: (.*)$", block, flags=re.MULTILINE).group(1)
+        jobs[header.group(1)] = {
+            "inputs": set(fields.get("input", "").split(", ")) - {""},
+            "outputs": set(fields["output"].split(", ")),
+            "command": LOG_REDIRECT.sub("", command),
+        }
+    return jobs
+
+
+def dvc_stages(profile: str = "default") -> dict[str, dict]:
+    """Read dvc.yaml with ``${profile}`` filled in, as {stage: inputs, outputs, command}."""
+    text = (PROJECT_ROOT / "dvc.yaml").read_text().replace("${profile}", profile)
+    stages = {}
+    for name, stage in yaml.safe_load(text)["stages"].items():
+        outputs = set()
+        for key in ("outs", "metrics", "plots"):
+            for entry in stage.get(key, []):
+                outputs.add(next(iter(entry)) if isinstance(entry, dict) else entry)
+        stages[name] = {
+            "inputs": set(stage["deps"]),
+            "outputs": outputs,
+            "command": " ".join(stage["cmd"].split()),
+        }
+    return stages
+
+
+@pytest.fixture(scope="module")
+def declared():
+    return snakemake_jobs(), dvc_stages()
+
+
+def test_same_stage_names(declared):
+    snakemake, dvc = declared
+    assert list(snakemake) == list(dvc)
+
+
+@pytest.mark.parametrize("field", ["command", "outputs", "inputs"])
+def test_same_stage_field(declared, field):
+    snakemake, dvc = declared
+    for name in dvc:
+        assert snakemake[name][field] == dvc[name][field], f"stage {name}: {field} differ"
+
+
+def test_profile_reaches_every_command():
+    for name, job in snakemake_jobs("smoke").items():
+        assert "--profile smoke" in job["command"], name
+
+
+def test_dvc_params_name_existing_keys():
+    params = load_params(PROJECT_ROOT / "params.yaml", "default")
+    for name, stage in yaml.safe_load((PROJECT_ROOT / "dvc.yaml").read_text())["stages"].items():
+        for key in stage["params"]:
+            node = params
+            for part in key.split("."):
+                assert part in node, f"stage {name}: params key {key} not in params.yaml"
+                node = node[part]
+
+
+# Every rule runs in the project's own virtual environment (pyproject.toml and constraints.txt),
+# so the lint that asks for a conda environment or container per rule does not apply.
+ACCEPTED_LINTS = {"Specify a conda environment or container for each rule.:"}
+
+
+def test_snakemake_lint_finds_nothing_else():
+    result = run_snakemake("--lint")
+    lints = re.findall(r"^\s+\* (.*)$", result.stdout + result.stderr, flags=re.MULTILINE)
+    assert lints, "expected snakemake --lint to print its lints"
+    assert set(lints) <= ACCEPTED_LINTS, result.stdout + result.stderr
+
+
+def test_snakefile_rejects_invalid_params(tmp_path):
+    bad = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
+    bad["detector"]["batch_size"] = "eight"
+    bad_path = tmp_path / "params.yaml"
+    bad_path.write_text(yaml.safe_dump(bad))
+    result = run_snakemake("--dry-run", "--configfile", str(bad_path))
+    assert result.returncode != 0
+    assert "detector.batch_size: 'eight' is not of type 'integer'" in result.stdout + result.stderr
+
+
+def test_unknown_profile_lists_known_ones():
+    with pytest.raises(ParamsError, match="known profiles: default, paper, smoke"):
+        load_params(PROJECT_ROOT / "params.yaml", "fast")

@@ -1,0 +1,22 @@
+# One RetinaNet detector per fold.
+
+
+rule train_detector:
+    input:
+        COMMON_DEPS,
+        "stages/train_detector.py",
+        "stages/detector_training.py",
+        "stages/detector.py",
+        "stages/kerascompat.py",
+        SPLITS_DIR,
+        CLASSES_CSV,
+    output:
+        directory(DETECTOR_MODELS),
+        directory(DETECTOR_CURVES),
+    params:
+        detector=config["detector"],
+    log:
+        f"logs/{DETECTOR_MODELS}.log",
+    shell:
+        f"python -m stages.train_detector {PARAMS_ARGS} --splits {SPLITS_DIR} --classes {CLASSES_CSV}"
+        f" --out {DETECTOR_MODELS} --curves {DETECTOR_CURVES} 2>&1 | tee {{log}}"
