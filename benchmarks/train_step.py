@@ -1,10 +1,10 @@
 """Time RetinaNet training steps of the project's detector on Caltech Faces 1999.
 
-The script extracts faces.tar from a local mirror into a temporary folder, writes a
-keras-retinanet annotation CSV for the first ``--images`` annotated images, builds and compiles
-the training model with the project's own code (stages.detector), then runs ``--warmup``
-untimed steps and ``--steps`` timed steps of ``model.train_on_batch`` on batches of the
-project's augmenting generator. The model settings come from the detector section of
+The script extracts faces.tar from a local mirror into a temporary folder and writes a
+keras-retinanet annotation CSV for the first ``--images`` annotated images. It builds and
+compiles the training model with the project's own code (stages.detector). Then it runs
+``--warmup`` untimed steps and ``--steps`` timed steps of ``model.train_on_batch`` on batches of
+the project's augmenting generator. The model settings come from the detector section of
 params.yaml. It prints one JSON line on stdout; logs go to stderr.
 
 Only the ``train_on_batch`` call is timed. Reading and augmenting a batch is timed apart
@@ -46,7 +46,8 @@ from stages.train_detector import MIRROR_ENV, TrainingError, resolve_backbone_we
 log = logging.getLogger("train_step")
 
 ARCHIVE = Path("caltech-faces-1999") / "faces.tar"
-# Focal loss settings of Lin et al. (2017), the same as detector.focal in params.yaml.
+# Focal loss settings from "Focal Loss for Dense Object Detection" (Lin et al., 2017), the
+# same as detector.focal in params.yaml.
 FOCAL = {"gamma": 2.0, "alpha": 0.25}
 LEARNING_RATE = 1e-3
 CLIPNORM = 0.001
