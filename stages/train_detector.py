@@ -2,9 +2,9 @@
 
 Each fold trains on ``fold{k}/train.csv`` of the split folder and writes a model folder
 ``<out>/fold{k}/`` (see stages.detector). Training saves a checkpoint (weights, optimizer state
-and epoch) after every epoch under ``--checkpoints``, in a folder keyed by a hash of the settings
-and the training data, so rerunning an interrupted command resumes where it stopped, and a
-changed setting never resumes from a stale checkpoint.
+and epoch) after every epoch under ``--checkpoints``. Its folder is named by a hash of the
+settings, the training data and the training code. Rerunning an interrupted command therefore
+resumes where it stopped, while a changed setting starts afresh.
 
 Per-step losses go to ``<curves>/fold{k}-steps.csv`` and per-epoch losses to
 ``<curves>/fold{k}-epochs.csv``.
@@ -124,10 +124,20 @@ def resolve_backbone_weights(backbone: str, weights: str, mirror: Path | None) -
             f"set {MIRROR_ENV} to a mirror folder or set detector.weights to none") from error
 
 
+# Source files whose changes make earlier checkpoints unusable.
+TRAINING_CODE = ("detector.py", "detector_training.py", "kerascompat.py")
+
+
 def run_key(detector_params: dict, fold: FoldData, classes_csv: Path, weights_path: Path | None) -> str:
-    """Hash everything that shapes a fold's training run, to name its checkpoint folder."""
+    """Hash everything that shapes a fold's training run, to name its checkpoint folder.
+
+    The hash covers the settings, the fold's annotations, the class mapping, the backbone
+    weights and the training code, so an edited file or setting never resumes a stale run.
+    """
     digest = hashlib.sha256()
     digest.update(json.dumps(detector_params, sort_keys=True).encode())
+    for name in TRAINING_CODE:
+        digest.update((Path(__file__).parent / name).read_bytes())
     digest.update(fold.train_csv.read_bytes())
     digest.update(classes_csv.read_bytes())
     digest.update(b"" if weights_path is None else sha256_of(weights_path).encode())
