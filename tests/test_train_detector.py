@@ -178,3 +178,15 @@ def test_resnet_from_random_weights_has_trainable_batch_norm():
     batch_norms = [layer for layer in model.layers if hasattr(layer, "freeze")]
     assert batch_norms
     assert all(layer.trainable and not layer.freeze for layer in batch_norms)
+
+
+def test_paper_profile_builds_resnet50_retinanet():
+    from stages import detector
+
+    params = load_params("params.yaml", "paper")["detector"]
+    model = detector.build_training_model(params, pretrained=True)
+
+    assert params["backbone"] == "resnet50"
+    assert params["image_min_side"] == 800
+    assert model.get_layer("P3").filters == 256
+    assert [output.name.split("/")[0] for output in model.outputs] == ["regression", "classification"]
