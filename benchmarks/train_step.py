@@ -143,7 +143,7 @@ def run(args: argparse.Namespace) -> dict:
         if weights_path is not None:
             model.load_weights(str(weights_path), by_name=True)
         detector.compile_training_model(model, FOCAL, LEARNING_RATE, CLIPNORM)
-        generator = make_generator(annotations_csv, classes_csv, detector_params, model)
+        generator = make_generator(annotations_csv, classes_csv, detector_params, model, seed=detector_params["seed"])
         step_seconds, data_seconds = time_steps(model, generator, args.warmup, args.steps)
 
     median = statistics.median(step_seconds)

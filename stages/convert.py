@@ -145,17 +145,31 @@ def round_box(box: Sequence[float], width: int, height: int) -> tuple[tuple[int,
     return clipped, clipped != rounded
 
 
-def check_box(annotation: Annotation, width: int, height: int, csv_name: str, line: int) -> None:
+def format_box(box: Sequence[float]) -> str:
+    """Format a box as ``x1=.. y1=.. x2=.. y2=..``, floats with up to 6 significant digits."""
+    return " ".join(f"{name}={value:.6g}" for name, value in zip(("x1", "y1", "x2", "y2"), box))
+
+
+def check_box(annotation: Annotation, width: int, height: int, source_box: Sequence[float], where: str) -> None:
     """Raise DataError unless the box has positive area and lies inside the image.
 
-    ``line`` is the 1-based line that the box takes in the CSV file ``csv_name``.
+    ``source_box`` is the box before rounding and clipping, and ``where`` names its source
+    (the ImageData.mat column); both appear in the message.
     """
-    box = f"x1={annotation.x1} y1={annotation.y1} x2={annotation.x2} y2={annotation.y2}"
-    where = f"{csv_name} line {line} ({annotation.image})"
+    box = format_box((annotation.x1, annotation.y1, annotation.x2, annotation.y2))
+    source = f"box {format_box(source_box)}"
     if annotation.x2 <= annotation.x1 or annotation.y2 <= annotation.y1:
-        raise DataError(f"{where}: box {box} has no area after clipping to the {width}x{height} image")
+        raise DataError(
+            f"{where}: {source} has no area after rounding and clipping to the {width}x{height} image ({box})"
+        )
     if annotation.x1 < 0 or annotation.y1 < 0 or annotation.x2 > width or annotation.y2 > height:
-        raise DataError(f"{where}: box {box} lies outside the {width}x{height} image")
+        raise DataError(f"{where}: {source} lies outside the {width}x{height} image ({box})")
+
+
+def pixels_outside(box: Sequence[float], width: int, height: int) -> float:
+    """Return how far, in pixels, the float box reaches past the image on its worst side (0 if inside)."""
+    x1, y1, x2, y2 = box
+    return float(max(0.0, -x1, -y1, x2 - width, y2 - height))
 
 
 def inspect_image(path: Path) -> tuple[int, int]:
@@ -188,19 +202,32 @@ def select_evenly(names: Sequence[str], count: int | None) -> list[str]:
 
 
 def build_annotations(
-    boxes: dict[str, Sequence[float]], sizes: dict[str, tuple[int, int]], csv_name: str
+    boxes: dict[str, Sequence[float]], sizes: dict[str, tuple[int, int]], columns: dict[str, int], mat_source: str
 ) -> list[Annotation]:
     """Round, clip and check the box of each image, in the order of ``boxes``.
 
-    ``sizes`` maps each image to its (width, height). ``csv_name`` is used in error messages.
+    ``sizes`` maps each image to its (width, height) and ``columns`` to its 1-based column of
+    SubDir_Data in ``mat_source``, which error messages name. Logs a warning with the number
+    of boxes that clipping changed.
     """
     annotations = []
-    for line, (image, box) in enumerate(boxes.items(), start=1):
+    worst_image, worst_outside = "", 0.0
+    for image, box in boxes.items():
         width, height = sizes[image]
         (x1, y1, x2, y2), clipped = round_box(box, width, height)
         annotation = Annotation(image, x1, y1, x2, y2, clipped)
-        check_box(annotation, width, height, csv_name, line)
+        check_box(annotation, width, height, box, f"{mat_source} {MAT_VARIABLE} column {columns[image]} ({image})")
         annotations.append(annotation)
+        outside = pixels_outside(box, width, height)
+        if outside > worst_outside:
+            worst_image, worst_outside = image, outside
+
+    clipped_count = sum(annotation.clipped for annotation in annotations)
+    if clipped_count:
+        logger.warning(
+            "%d of %d boxes reach past their image and were clipped to it (at most %.1f px, in %s)",
+            clipped_count, len(annotations), worst_outside, worst_image,
+        )  # fmt: skip
     return annotations
 
 
@@ -273,7 +300,8 @@ def convert_dataset(raw_dir: Path, out_csv: Path, max_images: int | None) -> tup
     used = select_evenly(present, max_images)
     column_of = {name: column for column, name in enumerate(annotated)}
     boxes = {name: float_boxes[column_of[name]] for name in used}
-    annotations = build_annotations(boxes, sizes, str(out_csv))
+    columns = {name: column_of[name] + 1 for name in used}
+    annotations = build_annotations(boxes, sizes, columns, str(mat_path))
 
     image_prefix = Path(os.path.relpath(raw_dir, out_csv.parent)).as_posix()
     summary = summarize(annotated, missing, sizes, annotations)

@@ -14,6 +14,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 from stages import detector as detector_module
 from stages import kerascompat
 from stages.atomic import atomic_directory
@@ -30,7 +32,8 @@ from tqdm import tqdm  # noqa: E402
 
 log = logging.getLogger(__name__)
 # TensorFlow logs an INFO line for every checkpoint it writes.
-logging.getLogger("tensorflow").setLevel(logging.WARNING)
+for _name in ("tensorflow", "absl"):
+    logging.getLogger(_name).setLevel(logging.WARNING)
 
 # Seconds between progress-bar refreshes: often on a terminal, rarely in a log file.
 BAR_INTERVAL_S = 0.2 if sys.stderr.isatty() else 10.0
@@ -42,8 +45,13 @@ LOSS_KEYS = ("loss", "regression_loss", "classification_loss")
 EPOCH_COLUMNS = ("epoch", "loss", "regression_loss", "classification_loss", "seconds", "peak_memory_mib")
 
 
-def make_generator(train_csv: Path, classes_csv: Path, params: dict, model) -> CSVGenerator:
-    """Create the augmenting training generator of keras-retinanet for one fold."""
+def make_generator(train_csv: Path, classes_csv: Path, params: dict, model, seed: int) -> CSVGenerator:
+    """Create the augmenting training generator of keras-retinanet for one fold.
+
+    keras-retinanet draws its random transforms from OS entropy unless it gets a generator, so
+    ``seed`` seeds them here. A resumed run continues with a fresh draw from the same seed, so its
+    augmentation differs from that of an uninterrupted run.
+    """
     augmentation = params["augmentation"]
     shift = augmentation["max_translation"]
     transform = random_transform_generator(
@@ -52,6 +60,7 @@ def make_generator(train_csv: Path, classes_csv: Path, params: dict, model) -> C
         min_translation=(-shift, -shift),
         max_translation=(shift, shift),
         flip_x_chance=augmentation["flip_x_chance"],
+        prng=np.random.RandomState(seed),
     )
     return CSVGenerator(
         str(train_csv),
@@ -188,7 +197,7 @@ def train_fold(fold: FoldData, classes_csv: Path, params: dict, weights_path: Pa
     if weights_path is not None:
         model.load_weights(str(weights_path), by_name=True, skip_mismatch=True)
 
-    generator = make_generator(fold.train_csv, classes_csv, params, model)
+    generator = make_generator(fold.train_csv, classes_csv, params, model, seed=params["seed"] + fold.index)
     steps_per_epoch = params["steps_per_epoch"] or math.ceil(generator.size() / params["batch_size"])
     total_steps = steps_per_epoch * params["epochs"]
     schedule = keras.optimizers.schedules.CosineDecay(

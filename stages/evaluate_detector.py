@@ -50,6 +50,11 @@ PER_IMAGE_COLUMNS = [
 ]  # fmt: skip
 PR_CURVE_COLUMNS = ["fold", "part", "recall", "precision", "score"]
 
+# Files of a trained model folder (see stages.detector) and the type of each model.json key.
+MODEL_CONFIG_FILE = "model.json"
+MODEL_WEIGHTS_FILE = "weights.h5"
+MODEL_CONFIG_TYPES = {"backbone": str, "image_min_side": int, "image_max_side": int, "feature_size": int}
+
 # Points kept per precision-recall curve in the CSV, enough to plot it. AP uses every point.
 PR_CURVE_MAX_POINTS = 200
 # Decimal places of the floats in the metrics JSON.
@@ -265,11 +270,48 @@ def read_data_summary(path: Path) -> dict[str, Any]:
     return summary
 
 
+def check_model_config(path: Path) -> None:
+    """Raise DataError naming ``path`` unless it is a JSON object with the model keys of valid types.
+
+    This repeats the checks of stages.detector.read_model_config with plain json, because
+    importing stages.detector starts TensorFlow.
+    """
+    if not path.is_file():
+        raise DataError(f"{path}: file not found; run the train stage first")
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise DataError(f"{path}: invalid JSON: {error}; retrain this fold") from None
+    if not isinstance(config, dict):
+        raise DataError(f"{path}: expected a JSON object, found {type(config).__name__}; retrain this fold")
+    missing = [key for key in MODEL_CONFIG_TYPES if key not in config]
+    if missing:
+        raise DataError(f"{path}: missing keys {', '.join(missing)}; retrain this fold")
+    for key, expected in MODEL_CONFIG_TYPES.items():
+        value = config[key]
+        if expected is str:
+            valid = isinstance(value, str) and value != ""
+        else:
+            valid = isinstance(value, int) and not isinstance(value, bool) and value > 0
+        if not valid:
+            description = "a backbone name" if expected is str else "a positive integer"
+            raise DataError(f"{path}: {key} is {value!r}, expected {description}")
+
+
 def check_model_folders(models_dir: Path, folds: Sequence[int]) -> None:
-    """Raise DataError when a fold's model folder is missing."""
+    """Raise DataError unless every fold's model folder has a valid model.json and a weights.h5.
+
+    Runs before TensorFlow starts, so a broken fold is reported before any fold is predicted.
+    """
     missing = [str(models_dir / f"fold{fold}") for fold in folds if not (models_dir / f"fold{fold}").is_dir()]
     if missing:
         raise DataError(f"model folder(s) not found: {', '.join(missing)}; run the train stage first")
+    for fold in folds:
+        model_dir = models_dir / f"fold{fold}"
+        check_model_config(model_dir / MODEL_CONFIG_FILE)
+        weights = model_dir / MODEL_WEIGHTS_FILE
+        if not weights.is_file():
+            raise DataError(f"{weights}: file not found; run the train stage first")
 
 
 def model_predictor_loader(
@@ -283,12 +325,21 @@ def model_predictor_loader(
     from stages import detector
 
     def load(fold: int) -> Predictor:
-        model = detector.load_prediction_model(
-            models_dir / f"fold{fold}",
-            dict(detector_params),
-            max_detections=evaluate_params["max_detections"],
-            score_threshold=evaluate_params["ap_score_threshold"],
-        )
+        model_dir = models_dir / f"fold{fold}"
+        try:
+            model = detector.load_prediction_model(
+                model_dir,
+                dict(detector_params),
+                max_detections=evaluate_params["max_detections"],
+                score_threshold=evaluate_params["ap_score_threshold"],
+            )
+        except (OSError, ValueError) as error:
+            # h5py raises OSError for a truncated file, and Keras raises ValueError when the
+            # weights do not fit the network that model.json describes.
+            raise DataError(
+                f"{model_dir / MODEL_WEIGHTS_FILE}: cannot load the weights: {error}; "
+                f"retrain fold {fold} (python -m stages.train_detector)"
+            ) from error
 
         def predict(image_path: Path) -> tuple[np.ndarray, np.ndarray]:
             image = detector.read_image_bgr(image_path)
@@ -584,6 +635,48 @@ def json_ready(value: Any, decimals: int = JSON_DECIMALS) -> Any:
 
 
 # --- Output files --------------------------------------------------------------------
+
+
+def _check_number(value: Any, source: str, key: str) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+        raise DataError(f"{source}: {key} is {value!r}, expected a number or null")
+
+
+def _check_object(value: Any, source: str, key: str) -> dict:
+    """Return ``value``, or {} for null; raise DataError naming ``key`` for any other non-object."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise DataError(f"{source}: {key} is {json.dumps(value)}, expected a JSON object or null")
+    return value
+
+
+def _check_part_metrics(part: Any, source: str, key: str) -> None:
+    for name, value in _check_object(part, source, key).items():
+        if name != "across_folds":
+            _check_number(value, source, f"{key}.{name}")
+            continue
+        for metric, statistics in _check_object(value, source, f"{key}.across_folds").items():
+            for statistic, number in _check_object(statistics, source, f"{key}.across_folds.{metric}").items():
+                _check_number(number, source, f"{key}.across_folds.{metric}.{statistic}")
+
+
+def check_metrics_layout(report: Any, source: str) -> None:
+    """Raise DataError naming ``source`` and the key where a metrics report departs from this stage's layout.
+
+    The report must be a JSON object. ``heldout``, ``train``, ``folds``, each ``folds.fold<k>``
+    and its ``heldout`` and ``train`` must be objects or null, and their metrics numbers or
+    null. Null stands for a value that could not be computed, which readers show as n/a.
+    """
+    if not isinstance(report, dict):
+        raise DataError(f"{source}: expected a JSON object, found {type(report).__name__}")
+    _check_object(report.get("dataset"), source, "dataset")
+    for part in PARTS:
+        _check_part_metrics(report.get(part), source, part)
+    for fold_name, fold in _check_object(report.get("folds"), source, "folds").items():
+        fold = _check_object(fold, source, f"folds.{fold_name}")
+        for part in PARTS:
+            _check_part_metrics(fold.get(part), source, f"folds.{fold_name}.{part}")
 
 
 def write_csv_atomic(table: pd.DataFrame, path: Path) -> None:

@@ -17,7 +17,6 @@ import functools
 import json
 import logging
 import math
-import os
 import re
 import sys
 from dataclasses import dataclass
@@ -34,8 +33,10 @@ import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 
+from stages.atomic import atomic_directory  # noqa: E402
 from stages.cli import run_stage  # noqa: E402
 from stages.errors import DataError  # noqa: E402
+from stages.evaluate_detector import check_metrics_layout  # noqa: E402
 from stages.params import add_params_arguments, load_params  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -218,7 +219,7 @@ def plot_per_image_iou(per_image: pd.DataFrame, heldout_mean: float | None,
     # Below 0, so that images without a detection (IoU 0) are not hidden by the axis.
     ranked.set_ylim(-0.03, 1.02)
     ranked.set_xlabel("Images sorted by IoU (percentile rank, %)")
-    ranked.set_ylabel("IoU of the top detection with the true box")
+    ranked.set_ylabel("IoU of the best-matching detection")
     ranked.set_title("Per-image IoU, sorted")
     # Below the panels, so that the legend never hides points.
     fig.legend(handles=ranked.get_legend_handles_labels()[0], loc="outside lower center", ncols=3)
@@ -286,9 +287,9 @@ def _has_prediction(row: pd.Series) -> bool:
 
 
 def other_detections(detections: pd.DataFrame, row: pd.Series, threshold: float) -> pd.DataFrame:
-    """Return the detections with a score of at least ``threshold``, less the top one of ``row``.
+    """Return the detections with a score of at least ``threshold``, less the best-matching one of ``row``.
 
-    The top detection is the one whose box equals the predicted box of the per_image.csv row.
+    The best-matching detection is the one whose box equals the predicted box of the per_image.csv row.
     """
     confident = detections[detections["score"] >= threshold]
     if not _has_prediction(row):
@@ -325,7 +326,7 @@ def _draw_example(ax, example: Example, other_threshold: float) -> None:
 
 @styled
 def plot_examples(examples: Sequence[Example], other_threshold: float) -> Figure:
-    """Draw held-out images with the true box (green, solid) and the top detection (orange, dashed).
+    """Draw held-out images with the true box (green, solid) and the best-matching detection (orange, dashed).
 
     Further detections with a score of at least ``other_threshold`` (evaluate.iou_score_threshold)
     are drawn as thin dotted blue boxes. Boxes are in image pixels.
@@ -344,7 +345,7 @@ def plot_examples(examples: Sequence[Example], other_threshold: float) -> Figure
     handles = [
         Rectangle((0, 0), 1, 1, fill=False, edgecolor=TRUE_BOX_COLOUR, linewidth=2.2, label="true box"),
         Rectangle((0, 0), 1, 1, fill=False, edgecolor=PREDICTED_BOX_COLOUR, linestyle="--", linewidth=2.2,
-                  label="top detection (score, IoU)"),
+                  label="best-matching detection (score, IoU)"),
         Rectangle((0, 0), 1, 1, fill=False, edgecolor=OTHER_BOX_COLOUR, linestyle=":", linewidth=1.2,
                   label=f"other detections, score \u2265 {other_threshold:g}"),
     ]
@@ -371,7 +372,7 @@ def plot_pr_curves(pr_curves: pd.DataFrame, metrics: dict) -> Figure:
     fig = Figure(figsize=(6.0, 4.6), layout="constrained")
     ax = fig.add_subplot()
     for index, (fold, rows) in enumerate(heldout.groupby("fold", sort=True)):
-        fold_metrics = metrics.get("folds", {}).get(fold_key(fold), {}).get("heldout") or {}
+        fold_metrics = ((metrics.get("folds") or {}).get(fold_key(fold)) or {}).get("heldout") or {}
         curve = _sorted_curve(rows.dropna(subset=["recall", "precision"]))
         label = f"{fold_label(fold)} (AP@0.5 {format_metric(fold_metrics.get('ap50'))})"
         ax.plot(curve["recall"], curve["precision"], color=fold_colour(index), linewidth=1.8, label=label)
@@ -449,13 +450,16 @@ def read_csv(path: Path, columns: Sequence[str]) -> pd.DataFrame:
     return table
 
 
-def read_json(path: Path) -> dict:
+def read_metrics(path: Path) -> dict:
+    """Read the detector metrics JSON and check its layout (see evaluate_detector.check_metrics_layout)."""
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
+        metrics = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise DataError(f"{path}: invalid JSON: {error}") from None
+    check_metrics_layout(metrics, str(path))
+    return metrics
 
 
 def read_training_curves(folder: Path) -> dict[str, tuple[pd.DataFrame, pd.DataFrame | None]]:
@@ -506,19 +510,13 @@ def load_examples(chosen: pd.DataFrame, splits_dir: Path, predictions_dir: Path)
 
 
 def save_figure(fig: Figure, path: Path) -> None:
-    """Save ``fig`` as a PNG at DPI through a temporary file in the same folder and ``os.replace``."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        fig.savefig(temporary, dpi=DPI, format="png", facecolor="white")
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-    log.info("wrote %s", path)
+    """Save ``fig`` as a PNG at DPI; ``path`` lies in a staging folder, so no temporary file is needed."""
+    fig.savefig(path, dpi=DPI, format="png", facecolor="white")
 
 
 def draw_figures(args: argparse.Namespace) -> None:
     params = load_params(args.params, args.profile)
-    metrics = read_json(args.metrics)
+    metrics = read_metrics(args.metrics)
     per_image = read_csv(args.per_image, PER_IMAGE_COLUMNS)
     pr_curves = read_csv(args.pr_curves, PR_COLUMNS)
     curves = read_training_curves(args.training)
@@ -535,9 +533,12 @@ def draw_figures(args: argparse.Namespace) -> None:
         PR_CURVES_PNG: lambda: plot_pr_curves(pr_curves, metrics),
         TRAINING_CURVES_PNG: lambda: plot_training_curves(curves),
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    for name, draw in figures.items():
-        save_figure(draw(), args.out / name)
+    # Every figure is drawn into a staging folder that replaces --out only when all succeed, so a
+    # failed run keeps the previous complete set and no PNG of an older run survives a successful one.
+    with atomic_directory(args.out) as staging:
+        for name, draw in figures.items():
+            save_figure(draw(), staging / name)
+    log.info("wrote %d figures to %s", len(figures), args.out)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import math
 from pathlib import Path
 from typing import Any
 
@@ -61,13 +62,28 @@ def _field_name(error: jsonschema.ValidationError) -> str:
     return ".".join(str(part) for part in error.absolute_path) or "(top level)"
 
 
+def _is_strict_integer(checker, instance) -> bool:
+    # JSON Schema counts 8.0 as an integer, but Python's range(), seeds and layer sizes reject it.
+    return isinstance(instance, int) and not isinstance(instance, bool)
+
+
+def _is_finite_number(checker, instance) -> bool:
+    return isinstance(instance, (int, float)) and not isinstance(instance, bool) and math.isfinite(instance)
+
+
+_TYPE_CHECKER = jsonschema.Draft202012Validator.TYPE_CHECKER.redefine_many(
+    {"integer": _is_strict_integer, "number": _is_finite_number})
+_Validator = jsonschema.validators.extend(jsonschema.Draft202012Validator, type_checker=_TYPE_CHECKER)
+
+
 def validate_params(params: dict, source: str = "params.yaml", schema_path: Path = SCHEMA_PATH) -> None:
     """Check ``params`` against the JSON Schema and the rules that link several keys.
 
+    Integers must be written without a decimal point and numbers must be finite (no .nan or .inf).
     Raises ParamsError listing every invalid field with its value and what the schema expects.
     """
     schema = read_yaml(schema_path)
-    validator = jsonschema.Draft202012Validator(schema)
+    validator = _Validator(schema)
     problems = []
     for error in sorted(validator.iter_errors(params), key=lambda e: list(map(str, e.absolute_path))):
         description = error.schema.get("description") if isinstance(error.schema, dict) else None

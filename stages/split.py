@@ -49,6 +49,7 @@ logger = logging.getLogger(__name__)
 PERSONS_HEADER = ["person", "first_image", "last_image"]
 FOLDS_HEADER = ["image", "person", "fold", "path"]
 ANNOTATION_FIELDS = 6
+COORDINATE_COLUMNS = ("x1", "y1", "x2", "y2")
 IMAGE_NUMBER = re.compile(r"image_(\d+)\.jpg")
 FOLDS_FILE = "folds.csv"
 
@@ -112,10 +113,22 @@ def parse_persons(text: str, source: str) -> list[PersonRange]:
     return ranges
 
 
+def _check_annotation_row(row: Sequence[str], where: str) -> None:
+    for column, value in zip(COORDINATE_COLUMNS, row[1:5]):
+        try:
+            int(value)
+        except ValueError:
+            raise DataError(f"{where}: {column} is {value!r}, expected an integer pixel coordinate") from None
+    if not row[5].strip():
+        raise DataError(f"{where}: class_name is empty")
+
+
 def parse_annotations(text: str, source: str) -> dict[str, list[list[str]]]:
     """Group the rows of a keras-retinanet annotation CSV by image path, in file order.
 
-    Raises DataError naming ``source`` and the line for a row without 6 fields.
+    An image may have several rows, one per face, and they stay together.
+    Raises DataError naming ``source`` and the line for a row without 6 fields, a coordinate
+    that is not an integer (keras-retinanet reads them with ``int``) or an empty class name.
     """
     rows_by_image: dict[str, list[list[str]]] = {}
     for line, row in enumerate(csv.reader(io.StringIO(text)), start=1):
@@ -124,6 +137,7 @@ def parse_annotations(text: str, source: str) -> dict[str, list[list[str]]]:
                 f"{source} line {line}: expected {ANNOTATION_FIELDS} fields path,x1,y1,x2,y2,class_name, "
                 f"found {len(row)}: {row}"
             )
+        _check_annotation_row(row, f"{source} line {line}")
         rows_by_image.setdefault(row[0], []).append(row)
     if not rows_by_image:
         raise DataError(f"{source}: no annotation rows")
@@ -231,8 +245,9 @@ def describe_folds(persons: Sequence[int], folds: Sequence[int]) -> list[str]:
 
 
 def _read_text(path: Path) -> str:
+    # utf-8-sig drops a byte order mark, which would otherwise become part of the first path or header.
     try:
-        return path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
 

@@ -164,7 +164,7 @@ def train_all(folds: list[FoldData], classes_csv: Path, params: dict, mirror: Pa
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m stages.train_detector", description=__doc__.split("\n\n")[0])
     add_params_arguments(parser)
     parser.add_argument("--splits", type=Path, required=True, help="split folder with fold*/train.csv")
     parser.add_argument("--classes", type=Path, required=True, help="keras-retinanet class mapping CSV")

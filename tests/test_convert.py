@@ -90,20 +90,38 @@ def test_check_corners_non_finite_value():
 
 
 def test_box_without_area_rejected():
-    boxes = {"image_0001.jpg": (1.0, 1.0, 10.0, 10.0), "image_0002.jpg": (70.0, 5.0, 90.0, 20.0)}
+    boxes = {"image_0001.jpg": (1.0, 1.0, 10.0, 10.0), "image_0002.jpg": (70.25, 5.0, 90.0, 20.0)}
     sizes = {name: (IMAGE_WIDTH, IMAGE_HEIGHT) for name in boxes}
+    columns = {"image_0001.jpg": 1, "image_0002.jpg": 2}
 
     with pytest.raises(
-        DataError, match=r"annotations\.csv line 2 \(image_0002\.jpg\): box x1=64 y1=5 x2=64 y2=20 has no area"
+        DataError,
+        match=r"ImageData\.mat SubDir_Data column 2 \(image_0002\.jpg\): box x1=70\.25 y1=5 x2=90 y2=20 has no area "
+        r"after rounding and clipping to the 64x48 image \(x1=64 y1=5 x2=64 y2=20\)",
     ):
-        convert.build_annotations(boxes, sizes, "annotations.csv")
+        convert.build_annotations(boxes, sizes, columns, "ImageData.mat")
 
 
 def test_box_outside_image_rejected():
     annotation = convert.Annotation("image_0001.jpg", 1, 2, 70, 20, clipped=False)
 
-    with pytest.raises(DataError, match=r"annotations\.csv line 4 \(image_0001\.jpg\): box .* x2=70 .* lies outside"):
-        convert.check_box(annotation, IMAGE_WIDTH, IMAGE_HEIGHT, "annotations.csv", 4)
+    with pytest.raises(
+        DataError, match=r"column 1 \(image_0001\.jpg\): box x1=1\.5 y1=2 x2=69\.5 y2=20 lies outside the 64x48 image"
+    ):
+        convert.check_box(annotation, IMAGE_WIDTH, IMAGE_HEIGHT, (1.5, 2.0, 69.5, 20.0), "column 1 (image_0001.jpg)")
+
+
+def test_clipped_boxes_logged_as_warning(caplog):
+    boxes = {"image_0001.jpg": (1.0, 1.0, 10.0, 10.0), "image_0002.jpg": (5.0, -3.5, 70.0, 20.0),
+             "image_0003.jpg": (5.0, -0.25, 20.0, 20.0)}
+    sizes = {name: (IMAGE_WIDTH, IMAGE_HEIGHT) for name in boxes}
+    columns = {name: number for number, name in enumerate(boxes, start=1)}
+
+    with caplog.at_level(logging.WARNING, logger="stages.convert"):
+        annotations = convert.build_annotations(boxes, sizes, columns, "ImageData.mat")
+
+    assert [annotation.clipped for annotation in annotations] == [False, True, True]
+    assert "2 of 3 boxes reach past their image and were clipped to it (at most 6.0 px, in image_0002.jpg)" in caplog.text
 
 
 # --- images ------------------------------------------------------------------------------

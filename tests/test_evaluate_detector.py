@@ -255,6 +255,81 @@ def test_missing_model_folder_is_reported(tmp_path, capsys):
     assert "model folder(s) not found" in capsys.readouterr().err
 
 
+VALID_MODEL_CONFIG = {"backbone": "resnet50", "image_min_side": 160, "image_max_side": 224, "feature_size": 16}
+
+
+def write_model_folders(models_dir, folds=(0, 1)):
+    for fold in folds:
+        folder = models_dir / f"fold{fold}"
+        folder.mkdir(parents=True)
+        (folder / "model.json").write_text(json.dumps(VALID_MODEL_CONFIG))
+        (folder / "weights.h5").write_bytes(b"weights")
+
+
+def test_check_model_folders_accepts_complete_folders(tmp_path):
+    write_model_folders(tmp_path)
+    stage.check_model_folders(tmp_path, [0, 1])
+
+
+@pytest.mark.parametrize(
+    ("model_json", "message"),
+    [
+        ("{not json", r"fold1/model\.json: invalid JSON"),
+        ("[1, 2]", r"fold1/model\.json: expected a JSON object, found list"),
+        ('{"backbone": "resnet50"}', r"fold1/model\.json: missing keys image_min_side, image_max_side, feature_size"),
+        (json.dumps({**VALID_MODEL_CONFIG, "image_min_side": "160"}),
+         r"fold1/model\.json: image_min_side is '160', expected a positive integer"),
+        (json.dumps({**VALID_MODEL_CONFIG, "backbone": 50}), r"fold1/model\.json: backbone is 50, expected a backbone"),
+    ],
+)
+def test_check_model_folders_rejects_bad_config(tmp_path, model_json, message):
+    write_model_folders(tmp_path)
+    (tmp_path / "fold1" / "model.json").write_text(model_json)
+
+    with pytest.raises(DataError, match=message):
+        stage.check_model_folders(tmp_path, [0, 1])
+
+
+def test_check_model_folders_rejects_missing_files(tmp_path):
+    write_model_folders(tmp_path)
+    (tmp_path / "fold1" / "weights.h5").unlink()
+    with pytest.raises(DataError, match=r"fold1/weights\.h5: file not found"):
+        stage.check_model_folders(tmp_path, [0, 1])
+
+    (tmp_path / "fold0" / "model.json").unlink()
+    with pytest.raises(DataError, match=r"fold0/model\.json: file not found"):
+        stage.check_model_folders(tmp_path, [0, 1])
+
+
+def test_model_folder_checked_before_first_fold(tmp_path, capsys):
+    write_split(tmp_path)
+    write_model_folders(tmp_path / "models")
+    (tmp_path / "models" / "fold1" / "weights.h5").unlink()
+    arguments = stage_arguments(tmp_path)
+    arguments[arguments.index("--models") + 1] = str(tmp_path / "models")
+
+    assert stage.main(arguments) == 1
+    assert "fold1/weights.h5: file not found" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("error", [OSError("Unable to synchronously open file"), ValueError("Shape mismatch")])
+def test_model_predictor_loader_wraps_weight_errors(tmp_path, monkeypatch, error):
+    import stages
+
+    fake_detector = FakeDetectorModule()
+
+    def fail(*arguments, **options):
+        raise error
+
+    fake_detector.load_prediction_model = fail
+    monkeypatch.setitem(sys.modules, "stages.detector", fake_detector)
+    monkeypatch.setattr(stages, "detector", fake_detector, raising=False)
+
+    load = stage.model_predictor_loader(tmp_path, {"backbone": "resnet50"}, EVALUATE_PARAMS)
+    with pytest.raises(DataError, match=r"fold2/weights\.h5: cannot load the weights: .*; retrain fold 2"):
+        load(2)
+
+
 def test_read_annotations_names_bad_line(tmp_path):
     (tmp_path / "a.jpg").write_bytes(b"")
     csv_path = tmp_path / "test.csv"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import re
 from pathlib import Path
 
 import cv2
@@ -15,6 +16,7 @@ import yaml
 from PIL import Image
 
 from stages import figures
+from stages.errors import DataError
 from stages.params import PROJECT_ROOT
 
 FIGURE_NAMES = ("focal_loss.png", "per_image_iou.png", "examples.png", "pr_curves.png", "training_curves.png")
@@ -202,6 +204,85 @@ def test_main_writes_every_figure(tmp_path: Path) -> None:
             assert image.width >= 800, name
             assert 400 <= image.height <= 2000, name
     assert sorted(path.name for path in out.iterdir()) == sorted(FIGURE_NAMES)
+
+
+def test_main_removes_stale_figures(tmp_path: Path) -> None:
+    paths = write_detector_outputs(tmp_path)
+    out = tmp_path / "reports/figures"
+    out.mkdir(parents=True)
+    (out / "zz_stale.png").write_bytes(b"from an older run")
+
+    assert figures.main(figures_argv(paths, write_params(tmp_path, 2), out)) == 0
+
+    assert sorted(path.name for path in out.iterdir()) == sorted(FIGURE_NAMES)
+    assert not [path.name for path in out.parent.iterdir() if path.name.startswith(".")]
+
+
+def test_failed_run_keeps_previous_figures(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                           capsys: pytest.CaptureFixture) -> None:
+    paths = write_detector_outputs(tmp_path)
+    out = tmp_path / "reports/figures"
+    out.mkdir(parents=True)
+    previous = {name: f"previous {name}".encode() for name in FIGURE_NAMES}
+    for name, content in previous.items():
+        (out / name).write_bytes(content)
+
+    def fail(*arguments, **options):
+        raise DataError("pr curves failed")
+
+    monkeypatch.setattr(figures, "plot_pr_curves", fail)
+    status = figures.main(figures_argv(paths, write_params(tmp_path, 2), out))
+
+    assert status == 1
+    assert "pr curves failed" in capsys.readouterr().err
+    assert {path.name: path.read_bytes() for path in out.iterdir()} == previous
+    assert not [path.name for path in out.parent.iterdir() if path.name.startswith(".")]
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda metrics: [], r"detector\.json: expected a JSON object, found list"),
+        (lambda metrics: {**metrics, "folds": [1]}, r"detector\.json: folds is \[1\], expected a JSON object or null"),
+        (lambda metrics: {**metrics, "heldout": 3}, r"detector\.json: heldout is 3, expected a JSON object or null"),
+        (lambda metrics: {**metrics, "heldout": {**metrics["heldout"], "mean_iou": "abc"}},
+         r"detector\.json: heldout\.mean_iou is 'abc', expected a number or null"),
+        (lambda metrics: {**metrics, "folds": {**metrics["folds"], "fold0": {"train": []}}},
+         r"detector\.json: folds\.fold0\.train is \[\], expected a JSON object or null"),
+    ],
+)
+def test_main_rejects_bad_metrics_layout(tmp_path: Path, capsys: pytest.CaptureFixture, change, message) -> None:
+    paths = write_detector_outputs(tmp_path)
+    metrics = json.loads(paths["metrics"].read_text(encoding="utf-8"))
+    paths["metrics"].write_text(json.dumps(change(metrics)), encoding="utf-8")
+
+    status = figures.main(figures_argv(paths, write_params(tmp_path, 2), tmp_path / "out"))
+
+    error = capsys.readouterr().err
+    assert status == 1
+    assert re.search(message, error), error
+    assert "Traceback" not in error
+    assert not (tmp_path / "out").exists()
+
+
+def test_main_draws_null_folds_as_na(tmp_path: Path) -> None:
+    paths = write_detector_outputs(tmp_path)
+    metrics = json.loads(paths["metrics"].read_text(encoding="utf-8"))
+    metrics["folds"]["fold0"] = None
+    metrics["heldout"] = None
+    paths["metrics"].write_text(json.dumps(metrics), encoding="utf-8")
+
+    assert figures.main(figures_argv(paths, write_params(tmp_path, 2), tmp_path / "out")) == 0
+
+
+def test_pr_curves_with_null_folds() -> None:
+    pr_curves = pd.DataFrame({"fold": [0, 0], "part": ["heldout", "heldout"], "recall": [0.5, 1.0],
+                              "precision": [1.0, 0.8], "score": [0.9, 0.5]})
+
+    for metrics in ({"folds": None}, {"folds": {"fold0": None}}):
+        fig = figures.plot_pr_curves(pr_curves, metrics)
+        labels = [text.get_text() for text in fig.axes[0].get_legend().get_texts()]
+        assert labels == ["fold 0 (AP@0.5 n/a)"]
 
 
 def test_main_reports_missing_training_curves(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

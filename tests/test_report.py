@@ -221,6 +221,56 @@ def test_main_reports_missing_metrics(tmp_path: Path, monkeypatch: pytest.Monkey
     assert not (tmp_path / "reports/report.pdf").exists()
 
 
+@pytest.mark.parametrize(
+    ("file_name", "change", "message"),
+    [
+        ("detector.json", lambda value: [], r"detector\.json: expected a JSON object, found list"),
+        ("detector.json", lambda value: 3, r"detector\.json: expected a JSON object, found int"),
+        ("data.json", lambda value: [1, 2], r"data\.json: expected a JSON object, found list"),
+        ("detector.json", lambda value: {**value, "folds": [1]},
+         r"detector\.json: folds is \[1\], expected a JSON object or null"),
+        ("detector.json", lambda value: {**value, "train": "x"},
+         r"detector\.json: train is \"x\", expected a JSON object or null"),
+        ("detector.json", lambda value: {**value, "folds": {"fold0": {"heldout": {"mean_iou": "abc"}}}},
+         r"detector\.json: folds\.fold0\.heldout\.mean_iou is 'abc', expected a number or null"),
+    ],
+)
+def test_main_rejects_bad_json_layout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                      capsys: pytest.CaptureFixture, file_name, change, message) -> None:
+    monkeypatch.chdir(tmp_path)
+    argv = write_inputs(tmp_path)
+    path = tmp_path / "reports/metrics" / file_name
+    path.write_text(json.dumps(change(json.loads(path.read_text(encoding="utf-8")))), encoding="utf-8")
+
+    assert report.main(argv) == 1
+
+    error = capsys.readouterr().err
+    assert re.search(message, error), error
+    assert "Traceback" not in error
+    assert not (tmp_path / "reports/report.pdf").exists()
+
+
+def test_main_renders_null_folds_as_na(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    argv = write_inputs(tmp_path)
+    path = tmp_path / "reports/metrics/detector.json"
+    metrics = json.loads(path.read_text(encoding="utf-8"))
+    metrics["folds"]["fold1"] = None
+    metrics["train"] = None
+    path.write_text(json.dumps(metrics), encoding="utf-8")
+
+    assert report.main(argv) == 0
+
+    assert "n/a" in pdf_text((tmp_path / "reports/report.pdf").read_bytes())
+
+
+def test_fold_rows_show_null_fold_as_na() -> None:
+    rows = report.fold_metric_rows({"folds": {"fold0": None}})
+
+    assert rows[0][:3] == ("0", "held-out", "n/a")
+    assert set(rows[0][3:]) == {"n/a"}
+
+
 @pytest.mark.parametrize(("value", "expected"), [(None, "n/a"), (float("nan"), "n/a"), (0.94321, "0.943"),
                                                  (450, "450"), (0, "0")])
 def test_format_metric(value: object, expected: str) -> None:

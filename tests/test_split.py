@@ -107,6 +107,34 @@ def test_parse_annotations_wrong_field_count():
         split.parse_annotations("a.jpg,1,2,3,4,face\nb.jpg,1,2,3,4\n", "annotations.csv")
 
 
+@pytest.mark.parametrize(
+    ("row", "message"),
+    [
+        ("b.jpg,x1,2,3,4,face", r"annotations\.csv line 2: x1 is 'x1', expected an integer pixel coordinate"),
+        ("b.jpg,1,2,3.5,4,face", r"annotations\.csv line 2: x2 is '3\.5', expected an integer pixel coordinate"),
+        ("b.jpg,1,2,3,4,", r"annotations\.csv line 2: class_name is empty"),
+    ],
+)
+def test_parse_annotations_rejects_bad_values(row, message):
+    with pytest.raises(DataError, match=message):
+        split.parse_annotations(f"a.jpg,1,2,3,4,face\n{row}\n", "annotations.csv")
+
+
+def test_several_faces_stay_in_one_fold():
+    files = fold_files(annotation_text(range(1, 31), extra_box_for=(2, 17)))
+
+    folds = parse_csv(files["folds.csv"])[1:]
+    assert len(folds) == 30
+    for fold in range(3):
+        test_rows = parse_csv(files[f"fold{fold}/test.csv"])
+        train_rows = parse_csv(files[f"fold{fold}/train.csv"])
+        assert len(test_rows) + len(train_rows) == 32
+        for name in ("image_0002.jpg", "image_0017.jpg"):
+            in_test = [row for row in test_rows if row[0].endswith(name)]
+            in_train = [row for row in train_rows if row[0].endswith(name)]
+            assert sorted([len(in_test), len(in_train)]) == [0, 2]
+
+
 def test_rebase_path():
     assert split.rebase_path("../raw/a.jpg", Path("data/interim"), Path("data/splits/fold0")) == "../../raw/a.jpg"
     assert split.rebase_path("../raw/a.jpg", Path("data/interim"), Path("data/splits")) == "../raw/a.jpg"
@@ -195,6 +223,23 @@ def test_main_writes_fold_folders(tmp_path, monkeypatch):
     assert sorted(entry.name for entry in Path("data").iterdir()) == ["interim", "splits"]
     test_rows = parse_csv(Path("data/splits/fold2/test.csv").read_text())
     assert test_rows[0][0].startswith("../../raw/faces/image_")
+
+
+def test_main_strips_byte_order_mark(tmp_path):
+    annotations = tmp_path / "annotations.csv"
+    annotations.write_text(annotation_text(range(1, 31)), encoding="utf-8-sig")
+    persons = tmp_path / "persons.csv"
+    persons.write_text(TEN_PERSONS, encoding="utf-8-sig")
+    out = tmp_path / "splits"
+
+    status = split.main(split_argv(write_params(tmp_path / "params.yaml", folds=3), annotations, persons, out))
+
+    assert status == 0
+    folds_text = (out / "folds.csv").read_text(encoding="utf-8")
+    assert "\ufeff" not in folds_text
+    for fold in range(3):
+        assert "\ufeff" not in (out / f"fold{fold}" / "train.csv").read_text(encoding="utf-8")
+        assert "\ufeff" not in (out / f"fold{fold}" / "test.csv").read_text(encoding="utf-8")
 
 
 def test_main_fewer_persons_than_folds(tmp_path, capsys):

@@ -190,3 +190,21 @@ def test_paper_profile_builds_resnet50_retinanet():
     assert params["image_min_side"] == 800
     assert model.get_layer("P3").filters == 256
     assert [output.name.split("/")[0] for output in model.outputs] == ["regression", "classification"]
+
+
+def test_same_seed_gives_same_augmented_batches(tmp_path):
+    from stages import detector
+    from stages.detector_training import make_generator
+
+    splits = write_fold(tmp_path, images=4)
+    params = tiny_detector_params()
+    model = detector.build_training_model(params, pretrained=False)
+
+    batches = []
+    for _ in range(2):
+        # Training seeds Python's random module (the batch order) per fold in the same way.
+        detector.keras.utils.set_random_seed(3)
+        generator = make_generator(splits / "fold0" / "train.csv", tmp_path / "classes.csv", params, model, seed=3)
+        batches.append(generator[0][0])
+
+    np.testing.assert_array_equal(batches[0], batches[1])

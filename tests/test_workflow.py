@@ -114,3 +114,22 @@ def test_snakefile_rejects_invalid_params(tmp_path):
 def test_unknown_profile_lists_known_ones():
     with pytest.raises(ParamsError, match="known profiles: default, paper, smoke"):
         load_params(PROJECT_ROOT / "params.yaml", "fast")
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        (("split", "folds"), 2.0, "2.0 is not of type 'integer'"),
+        (("detector", "epochs"), 3.0, "3.0 is not of type 'integer'"),
+        (("detector", "learning_rate"), float("nan"), "nan is not of type 'number'"),
+        (("split", "seed"), 2**40, "is greater than the maximum"),
+    ],
+)
+def test_schema_rejects_floats_nan_and_huge_seeds(key, value, message):
+    from stages.params import validate_params
+
+    params = load_params(PROJECT_ROOT / "params.yaml", "default")
+    section, name = key
+    params[section][name] = value
+    with pytest.raises(ParamsError, match=re.escape(message)):
+        validate_params(params)
