@@ -485,6 +485,9 @@ def find_figures(folder: Path, captions: dict[str, str]) -> tuple[list[tuple[Pat
     return figures, missing
 
 
+MAX_CHANGED_PATHS_SHOWN = 8
+
+
 def _git(directory: Path, *arguments: str) -> subprocess.CompletedProcess:
     return subprocess.run(["git", *arguments], cwd=directory, capture_output=True, text=True, check=False)
 
@@ -500,8 +503,13 @@ def git_state(directory: Path) -> str:
         return "not available (git is not installed)"
     if head.returncode != 0:
         return "not available (the repository has no commit yet)"
-    dirty = " (dirty: uncommitted changes)" if status.stdout.strip() else ""
-    return head.stdout.strip() + dirty
+    changed = [line[3:] for line in status.stdout.splitlines() if line.strip()]
+    if not changed:
+        return head.stdout.strip()
+    # A pipeline run rewrites dvc.lock and the reports itself, so name what differs.
+    shown = ", ".join(changed[:MAX_CHANGED_PATHS_SHOWN])
+    more = f" and {len(changed) - MAX_CHANGED_PATHS_SHOWN} more" if len(changed) > MAX_CHANGED_PATHS_SHOWN else ""
+    return f"{head.stdout.strip()} (uncommitted changes: {shown}{more})"
 
 
 def dvc_lock_entries(path: Path) -> list[tuple[str, str, str, str]] | None:

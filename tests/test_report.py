@@ -324,7 +324,7 @@ def test_dvc_lock_entries_reject_invalid_file(tmp_path: Path) -> None:
         report.dvc_lock_entries(lock)
 
 
-def test_git_state_marks_dirty_tree(tmp_path: Path) -> None:
+def test_git_state_names_changed_files(tmp_path: Path) -> None:
     def git(*arguments: str) -> None:
         subprocess.run(["git", "-c", "user.name=test", "-c", "user.email=test@example.org", *arguments],
                        cwd=tmp_path, check=True, capture_output=True)
@@ -339,7 +339,7 @@ def test_git_state_marks_dirty_tree(tmp_path: Path) -> None:
 
     assert report.git_state(tmp_path) == commit
     (tmp_path / "a.txt").write_text("b", encoding="utf-8")
-    assert report.git_state(tmp_path) == f"{commit} (dirty: uncommitted changes)"
+    assert report.git_state(tmp_path) == f"{commit} (uncommitted changes: a.txt)"
 
 
 def test_package_versions_mark_missing_package() -> None:
