@@ -10,7 +10,6 @@ printed as "?".
 from __future__ import annotations
 
 import argparse
-import hashlib
 import importlib.metadata
 import json
 import logging
@@ -32,6 +31,7 @@ from fpdf.fonts import FontFace
 from PIL import Image
 
 from stages.cli import run_stage
+from stages.download import file_digest
 from stages.errors import DataError
 from stages.evaluate_detector import check_metrics_layout
 from stages.params import add_params_arguments, load_params
@@ -532,11 +532,7 @@ def dvc_lock_entries(path: Path) -> list[tuple[str, str, str, str]] | None:
 
 
 def file_md5(path: Path) -> str:
-    digest = hashlib.md5()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return file_digest(path, "md5")
 
 
 def package_versions(names: Sequence[str] = PACKAGES) -> list[tuple[str, str]]:

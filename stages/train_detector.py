@@ -25,12 +25,13 @@ from pathlib import Path
 
 from stages.atomic import atomic_directory
 from stages.cli import run_stage
+from stages.download import (MIRROR_ENV, file_digest, parse_sha256sums, resolve_mirror_root,
+                             verify_checksum)
 from stages.errors import TrainingError
 from stages.params import add_params_arguments, load_params
 
 log = logging.getLogger(__name__)
 
-MIRROR_ENV = "EMOTIVELENS_MIRROR"
 WEIGHTS_MIRROR_FOLDER = "keras-weights"
 # ImageNet weight file names of keras-retinanet's backbones (its download_imagenet methods).
 MOBILENET_ALPHA_TEXT = {"0.25": "2_5", "0.5": "5_0", "0.75": "7_5", "1.0": "1_0"}
@@ -67,27 +68,6 @@ def find_folds(splits_dir: Path) -> list[FoldData]:
     return folds
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def read_sha256sums(path: Path) -> dict[str, str]:
-    """Parse a ``sha256sum`` listing into {file name: hash}."""
-    sums = {}
-    for line_number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        parts = line.split()
-        if len(parts) != 2 or len(parts[0]) != 64:
-            raise TrainingError(f"{path}, line {line_number}: expected '<sha256> <file name>', got {line!r}")
-        sums[parts[1].lstrip("*")] = parts[0]
-    return sums
-
-
 def resolve_backbone_weights(backbone: str, weights: str, mirror: Path | None) -> Path | None:
     """Return the ImageNet weights file for ``backbone``, or None when ``weights`` is 'none'.
 
@@ -107,12 +87,10 @@ def resolve_backbone_weights(backbone: str, weights: str, mirror: Path | None) -
                 "add the file or set detector.weights to none")
         if not sums_path.is_file():
             raise TrainingError(f"{sums_path}: not found; the mirror must list the sha256 of {filename}")
-        expected = read_sha256sums(sums_path).get(filename)
+        expected = parse_sha256sums(sums_path.read_text(encoding="utf-8"), str(sums_path)).get(filename)
         if expected is None:
             raise TrainingError(f"{sums_path}: no entry for {filename}")
-        actual = sha256_of(path)
-        if actual != expected:
-            raise TrainingError(f"{path}: sha256 {actual} does not match {expected} in {sums_path}")
+        verify_checksum(path, "sha256", expected, str(sums_path))
         return path
     from stages import detector as detector_module
 
@@ -140,7 +118,7 @@ def run_key(detector_params: dict, fold: FoldData, classes_csv: Path, weights_pa
         digest.update((Path(__file__).parent / name).read_bytes())
     digest.update(fold.train_csv.read_bytes())
     digest.update(classes_csv.read_bytes())
-    digest.update(b"" if weights_path is None else sha256_of(weights_path).encode())
+    digest.update(b"" if weights_path is None else file_digest(weights_path, "sha256").encode())
     return digest.hexdigest()[:16]
 
 
@@ -179,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> None:
     """Train every fold with the settings and paths in ``args``."""
-    mirror = args.mirror or (Path(os.environ[MIRROR_ENV]) if os.environ.get(MIRROR_ENV) else None)
+    mirror = resolve_mirror_root(args.mirror, os.environ)
     params = load_params(args.params, args.profile)
     folds = find_folds(args.splits)
     train_all(folds, args.classes, params["detector"], mirror, args.checkpoints, args.out, args.curves)

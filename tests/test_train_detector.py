@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from stages import train_detector
+from stages.errors import ChecksumError
 from stages.params import load_params
 
 IMAGE_SIZE = (128, 96)  # width, height
@@ -157,7 +158,7 @@ def test_mirror_weights_are_checked_against_sha256sums(tmp_path):
 
 def test_mirror_weights_with_wrong_hash_are_rejected(tmp_path):
     mirror = write_weights_mirror(tmp_path, b"weights", listed_hash="0" * 64)
-    with pytest.raises(train_detector.TrainingError, match="does not match"):
+    with pytest.raises(ChecksumError, match="sha256 is .* but .*SHA256SUMS expects 0{64}"):
         train_detector.resolve_backbone_weights("mobilenet224_0.25", "imagenet", mirror)
 
 

@@ -5,6 +5,7 @@ rule train_detector:
     input:
         COMMON_DEPS,
         "stages/train_detector.py",
+        "stages/download.py",
         "stages/detector_training.py",
         "stages/detector.py",
         "stages/kerascompat.py",

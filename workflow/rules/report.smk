@@ -5,6 +5,7 @@ rule figures:
     input:
         COMMON_DEPS,
         "stages/figures.py",
+        "stages/evaluate_detector.py",
         DETECTOR_METRICS,
         PER_IMAGE_CSV,
         PR_CURVES_CSV,
@@ -30,6 +31,8 @@ rule report:
     input:
         COMMON_DEPS,
         "stages/report.py",
+        "stages/evaluate_detector.py",
+        "stages/download.py",
         DETECTOR_METRICS,
         DATA_SUMMARY,
         SPLITS_DIR,
