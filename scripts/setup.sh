@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Create .venv with the pinned packages of constraints.txt and install this project into it.
-# keras-retinanet 1.0.0 goes in with --no-deps: its metadata asks for opencv-python, which needs
+# keras-retinanet 1.0.0 goes in with --no-deps because its metadata requires opencv-python, which needs
 # desktop display libraries, while the project uses opencv-python-headless. It compiles one
 # Cython extension, so it is built against the NumPy and Cython already in the environment.
 set -euo pipefail

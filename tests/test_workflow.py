@@ -90,7 +90,7 @@ def test_dvc_params_name_existing_keys():
 
 
 # Every rule runs in the project's own virtual environment (pyproject.toml and constraints.txt),
-# so the lint that asks for a conda environment or container per rule does not apply.
+# so the lint that requests a conda environment or container per rule does not apply.
 ACCEPTED_LINTS = {"Specify a conda environment or container for each rule.:"}
 
 
