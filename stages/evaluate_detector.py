@@ -270,6 +270,19 @@ def read_data_summary(path: Path) -> dict[str, Any]:
     return summary
 
 
+def read_json_object(path: Path, remedy: str = "") -> dict:
+    """Read a JSON file whose top level must be an object; errors name ``path`` and end with ``remedy``."""
+    if not path.is_file():
+        raise DataError(f"{path}: file not found{remedy}")
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise DataError(f"{path}: invalid JSON: {error}{remedy}") from None
+    if not isinstance(value, dict):
+        raise DataError(f"{path}: expected a JSON object, found {type(value).__name__}{remedy}")
+    return value
+
+
 def check_model_config(path: Path) -> None:
     """Raise DataError naming ``path`` unless it is a JSON object with the model keys of valid types.
 
@@ -278,12 +291,7 @@ def check_model_config(path: Path) -> None:
     """
     if not path.is_file():
         raise DataError(f"{path}: file not found; run the train stage first")
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise DataError(f"{path}: invalid JSON: {error}; retrain this fold") from None
-    if not isinstance(config, dict):
-        raise DataError(f"{path}: expected a JSON object, found {type(config).__name__}; retrain this fold")
+    config = read_json_object(path, remedy="; retrain this fold")
     missing = [key for key in MODEL_CONFIG_TYPES if key not in config]
     if missing:
         raise DataError(f"{path}: missing keys {', '.join(missing)}; retrain this fold")

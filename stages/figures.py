@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import logging
 import math
 import re
@@ -36,7 +35,7 @@ from matplotlib.patches import Rectangle  # noqa: E402
 from stages.atomic import atomic_directory  # noqa: E402
 from stages.cli import run_stage  # noqa: E402
 from stages.errors import DataError  # noqa: E402
-from stages.evaluate_detector import check_metrics_layout  # noqa: E402
+from stages.evaluate_detector import check_metrics_layout, read_json_object  # noqa: E402
 from stages.params import add_params_arguments, load_params  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -452,12 +451,7 @@ def read_csv(path: Path, columns: Sequence[str]) -> pd.DataFrame:
 
 def read_metrics(path: Path) -> dict:
     """Read the detector metrics JSON and check its layout (see evaluate_detector.check_metrics_layout)."""
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
-    try:
-        metrics = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise DataError(f"{path}: invalid JSON: {error}") from None
+    metrics = read_json_object(path)
     check_metrics_layout(metrics, str(path))
     return metrics
 

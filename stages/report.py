@@ -33,7 +33,7 @@ from PIL import Image
 from stages.cli import run_stage
 from stages.download import file_digest
 from stages.errors import DataError
-from stages.evaluate_detector import check_metrics_layout
+from stages.evaluate_detector import check_metrics_layout, read_json_object
 from stages.params import add_params_arguments, load_params
 
 log = logging.getLogger(__name__)
@@ -507,9 +507,9 @@ def git_state(directory: Path) -> str:
     if not changed:
         return head.stdout.strip()
     # A pipeline run rewrites dvc.lock and the reports itself, so name what differs.
-    shown = ", ".join(changed[:MAX_CHANGED_PATHS_SHOWN])
+    listed = ", ".join(changed[:MAX_CHANGED_PATHS_SHOWN])
     more = f" and {len(changed) - MAX_CHANGED_PATHS_SHOWN} more" if len(changed) > MAX_CHANGED_PATHS_SHOWN else ""
-    return f"{head.stdout.strip()} (uncommitted changes: {shown}{more})"
+    return f"{head.stdout.strip()} (uncommitted changes: {listed}{more})"
 
 
 def dvc_lock_entries(path: Path) -> list[tuple[str, str, str, str]] | None:
@@ -565,19 +565,6 @@ def machine_description() -> list[tuple[str, str]]:
     ]
 
 
-def read_json(path: Path) -> dict:
-    """Read a JSON file whose top level must be an object."""
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise DataError(f"{path}: invalid JSON: {error}") from None
-    if not isinstance(value, dict):
-        raise DataError(f"{path}: expected a JSON object, found {type(value).__name__}")
-    return value
-
-
 def read_splits(folder: Path) -> pd.DataFrame:
     path = folder / "folds.csv"
     if not path.is_file():
@@ -609,9 +596,9 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
 def collect_content(args: argparse.Namespace) -> ReportContent:
     """Read every input of the report and describe the software and machine."""
     params = load_params(args.params, args.profile)
-    metrics = read_json(args.metrics)
+    metrics = read_json_object(args.metrics)
     check_metrics_layout(metrics, str(args.metrics))
-    data_summary = read_json(args.data_summary)
+    data_summary = read_json_object(args.data_summary)
     splits = read_splits(args.splits)
     figures, missing = find_figures(args.figures, figure_captions(params))
     input_files = [args.params, args.metrics, args.data_summary, args.splits / "folds.csv"]

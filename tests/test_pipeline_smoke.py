@@ -95,9 +95,9 @@ def test_second_dvc_repro_does_nothing(dvc_project):
 
 def test_dvc_metrics_show_lists_detector_metrics(dvc_project):
     project, _first, _second = dvc_project
-    shown = run([sys.executable, "-m", "dvc", "metrics", "show", "--json"], project)
-    assert "heldout" in shown.stdout
-    assert "mean_iou" in shown.stdout
+    metrics_output = run([sys.executable, "-m", "dvc", "metrics", "show", "--json"], project)
+    assert "heldout" in metrics_output.stdout
+    assert "mean_iou" in metrics_output.stdout
 
 
 def test_snakemake_runs_smoke_profile(snakemake_project):
