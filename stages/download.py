@@ -114,22 +114,24 @@ def parse_sha256sums(text: str, source: str) -> dict[str, str]:
     return digests
 
 
-def locate_mirror_archive(mirror_root: Path) -> tuple[Path, str, Path]:
-    """Find the archive in the mirror and read its expected SHA-256.
+def locate_mirror_archive(
+    mirror_root: Path, dataset_name: str = DATASET_NAME, archive_name: str = ARCHIVE_NAME
+) -> tuple[Path, str, Path]:
+    """Find ``dataset_name/archive_name`` in the mirror and read its expected SHA-256.
 
     Returns the archive path, its expected digest and the SHA256SUMS path.
     """
-    dataset_dir = mirror_root / DATASET_NAME
-    archive = dataset_dir / ARCHIVE_NAME
+    dataset_dir = mirror_root / dataset_name
+    archive = dataset_dir / archive_name
     checksums = dataset_dir / CHECKSUMS_NAME
     for path in (archive, checksums):
         if not path.is_file():
             raise DataError(f"{path}: file not found in the mirror set by --mirror or {MIRROR_ENV}")
     digests = parse_sha256sums(checksums.read_text(encoding="utf-8"), str(checksums))
-    if ARCHIVE_NAME not in digests:
+    if archive_name not in digests:
         listed = ", ".join(sorted(digests)) or "nothing"
-        raise ChecksumError(f"{checksums}: no checksum listed for {ARCHIVE_NAME} (it lists {listed})")
-    return archive, digests[ARCHIVE_NAME], checksums
+        raise ChecksumError(f"{checksums}: no checksum listed for {archive_name} (it lists {listed})")
+    return archive, digests[archive_name], checksums
 
 
 def _stream_to_file(session: requests.Session, url: str, destination: Path, timeout_s: float) -> None:

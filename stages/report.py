@@ -1,5 +1,10 @@
 """Build the PDF report: held-out and training metrics, parameters, data, splits, figures, provenance.
 
+When given the classifier's inputs (--classifier-metrics, and optionally --classifier-figures
+and --smiles-data), the report adds a section on the happy / non-happy classifier: its datasets
+and their deduplication, held-out metrics next to the OpenCV smile-cascade baseline, figures
+and caveats.
+
 The report sets this study's held-out results next to the training-set IoU that the original
 study (Song and Van, "EmotiveLens: face detection with focal loss training criterion and small
 data", Stanford CS230) reported. It prints the whole effective params.yaml, so it depends on
@@ -33,6 +38,7 @@ from PIL import Image
 from stages.cli import run_stage
 from stages.download import file_digest
 from stages.errors import DataError
+from stages.evaluate_classifier import check_classifier_layout
 from stages.evaluate_detector import check_metrics_layout, read_json_object
 from stages.params import add_params_arguments, load_params
 
@@ -64,6 +70,16 @@ PART_LABELS = {"heldout": "held-out", "train": "train"}
 ACROSS_FOLD_STATISTICS = (("mean", "fold mean"), ("sd", "fold SD"), ("ci95", "fold 95% CI"))
 
 FIGURE_ORDER = ("focal_loss.png", "per_image_iou.png", "examples.png", "pr_curves.png", "training_curves.png")
+CLASSIFIER_FIGURE_ORDER = ("roc_curves.png", "confusion_matrices.png", "examples_genki4k.png",
+                           "examples_smilesmiled.png", "classifier_training.png")
+
+SMILE_DATASETS = (("genki4k", "GENKI-4K"), ("smilesmiled", "SMILEsmileD"))
+CLASSIFIER_METRICS = (("accuracy", "Accuracy"), ("balanced_accuracy", "Balanced accuracy"), ("roc_auc", "ROC AUC"),
+                      ("f1", "F1 (happy)"))
+# Key of a smiles_data.json dataset block that the report prints as text, not in the table.
+SMILES_NOTE_KEY = "note"
+# Per-fold class counts of smiles_data.json: 2 x folds rows that the dataset table leaves out.
+SMILES_PER_FOLD_KEY = "test_class_counts_per_fold"
 
 HONEST_COMPARISON = (
     "The original study measured IoU only on the images it had trained on, and its authors note that "
@@ -101,6 +117,16 @@ class Provenance:
 
 
 @dataclass
+class ClassifierContent:
+    """The classifier section's inputs: classifier.json, smiles_data.json (or None) and figures."""
+
+    metrics: dict
+    smiles_data: dict | None
+    figures: list[tuple[Path, str]]
+    missing_figures: list[str]
+
+
+@dataclass
 class ReportContent:
     """Everything the PDF shows, already read from disk."""
 
@@ -111,6 +137,7 @@ class ReportContent:
     figures: list[tuple[Path, str]]  # (PNG file, caption)
     missing_figures: list[str]
     provenance: Provenance
+    classifier: ClassifierContent | None = None
     generated: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
 
 
@@ -380,25 +407,138 @@ def _figures(pdf: ReportPDF, content: ReportContent) -> None:
     if content.missing_figures:
         pdf.paragraph(f"Not found among the figures: {', '.join(content.missing_figures)}.")
     for number, (path, caption) in enumerate(content.figures, start=1):
-        with Image.open(path) as image:
-            width_px, height_px = image.size
-            dpi = float(image.info.get("dpi", (DEFAULT_FIGURE_DPI,))[0]) or DEFAULT_FIGURE_DPI
-        # A figure keeps its size in inches, so its fonts keep their point sizes, unless it is too wide.
-        width = min(pdf.epw, width_px / dpi * MM_PER_INCH)
-        height = width * height_px / width_px
-        caption_room = 14
-        full_page = pdf.page_break_trigger - pdf.t_margin - caption_room - 8
-        if height > full_page:
-            height = full_page
-            width = height * width_px / height_px
-        if pdf.get_y() + height + caption_room > pdf.page_break_trigger:
-            pdf.add_page()
-        pdf.image(str(path), x=pdf.l_margin + (pdf.epw - width) / 2, w=width, h=height)
-        pdf.ln(1.5)
-        pdf.set_text_color(CAPTION_GREY)
-        pdf.paragraph(f"Figure {number}: {caption}", size=8.5, style="I")
-        pdf.set_text_color(0)
-        pdf.ln(3)
+        _figure(pdf, number, path, caption)
+
+
+def _figure(pdf: ReportPDF, number: int, path: Path, caption: str) -> None:
+    """Draw one PNG centred at its own size (shrunk to fit the page) with a numbered caption below."""
+    with Image.open(path) as image:
+        width_px, height_px = image.size
+        dpi = float(image.info.get("dpi", (DEFAULT_FIGURE_DPI,))[0]) or DEFAULT_FIGURE_DPI
+    # A figure keeps its size in inches, so its fonts keep their point sizes, unless it is too wide.
+    width = min(pdf.epw, width_px / dpi * MM_PER_INCH)
+    height = width * height_px / width_px
+    caption_room = 14
+    full_page = pdf.page_break_trigger - pdf.t_margin - caption_room - 8
+    if height > full_page:
+        height = full_page
+        width = height * width_px / height_px
+    if pdf.get_y() + height + caption_room > pdf.page_break_trigger:
+        pdf.add_page()
+    pdf.image(str(path), x=pdf.l_margin + (pdf.epw - width) / 2, w=width, h=height)
+    pdf.ln(1.5)
+    pdf.set_text_color(CAPTION_GREY)
+    pdf.paragraph(f"Figure {number}: {caption}", size=8.5, style="I")
+    pdf.set_text_color(0)
+    pdf.ln(3)
+
+
+def classifier_result_rows(metrics: dict) -> list[tuple[str, ...]]:
+    """Return (dataset, metric, classifier pooled, classifier fold mean [CI], Haar pooled, Haar fold mean [CI]) rows."""
+    rows = []
+    for key, title in SMILE_DATASETS:
+        block = metrics.get(key) or {}
+        haar = block.get("haar") or {}
+        for metric, label in CLASSIFIER_METRICS:
+            cells = []
+            for scorer in (block, haar):
+                cells.append(format_metric((scorer.get("heldout") or {}).get(metric)))
+                cells.append(format_interval((scorer.get("folds") or {}).get(metric)))
+            rows.append((title, label, *cells))
+    return rows
+
+
+def smiles_data_rows(smiles_data: dict) -> list[tuple[str, ...]]:
+    """Return (quantity, GENKI-4K value, SMILEsmileD value) rows from smiles_data.json; lists show their length."""
+    values: dict[str, dict[str, str]] = {}
+    for key, _title in SMILE_DATASETS:
+        block = smiles_data.get(key)
+        if not isinstance(block, dict):
+            continue
+        shown = {name: value for name, value in block.items() if name not in (SMILES_NOTE_KEY, SMILES_PER_FOLD_KEY)}
+        for name, value in flatten(shown):
+            text = f"{len(value)} groups" if isinstance(value, list) else format_value(value)
+            values.setdefault(name, {})[key] = text
+    return [(name, *(cells.get(key, "") for key, _ in SMILE_DATASETS)) for name, cells in values.items()]
+
+
+def classifier_caveats(params: dict, metrics: dict, smiles_data: dict | None) -> list[str]:
+    """Return the caveats of the classifier results, with the values of this run."""
+    genki = (smiles_data or {}).get("genki4k") or {}
+    fallback = genki.get("face_not_found")
+    fallback_text = (f"{fallback} of {genki.get('samples_read', NOT_AVAILABLE)} GENKI-4K images had no face "
+                     "above the score threshold and were used whole." if fallback is not None else
+                     "The number of GENKI-4K images used whole is in smiles_data.json (face_not_found).")
+    prevalence = {}
+    for key, _title in SMILE_DATASETS:
+        share = ((metrics.get(key) or {}).get("dataset") or {}).get("prevalence")
+        prevalence[key] = NOT_AVAILABLE if share is None else f"{100 * share:.1f}%"
+    haar_tuned = params["evaluate_classifier"]["haar_min_neighbors"] is None
+    return [
+        "SMILEsmileD crops come from Labeled Faces in the Wild, where many persons appear several times, and the "
+        "dataset has no identity labels. The folds therefore cannot be grouped by person, the same person can be "
+        "in the training and the test part of a fold, and its held-out scores are likely optimistic.",
+        "GENKI-4K has no identity labels either, so its folds are not grouped by person.",
+        "GENKI-4K crops come from this project's own face detector (the final Caltech model), with "
+        f"crop margin {params['smiles']['crop']['margin']:g} and score threshold "
+        f"{params['smiles']['crop']['score_threshold']:g}. {fallback_text} Detector errors therefore reach the "
+        "classifier.",
+        f"The classes are imbalanced: {prevalence['genki4k']} of GENKI-4K samples and "
+        f"{prevalence['smilesmiled']} of SMILEsmileD samples are happy. Training weights the "
+        f"classes ({params['classifier']['class_weight']}), and balanced accuracy and ROC AUC do not depend on the "
+        f"share of happy samples, unlike accuracy and F1. A sample counts as happy at P(happy) >= "
+        f"{params['evaluate_classifier']['threshold']:g}.",
+        "The Haar baseline is OpenCV's pretrained smile cascade run on the lower half of each crop; it was not "
+        "trained on these data. " + (
+            "Its min_neighbors was chosen on each fold's training part by balanced accuracy, never on the test part."
+            if haar_tuned else
+            f"Its min_neighbors is fixed at {params['evaluate_classifier']['haar_min_neighbors']}."),
+        "Duplicates were removed by a digest of the decoded pixels before the folds were made, and samples whose "
+        "copies carried both labels were dropped.",
+        "The fold intervals are optimistic, because the folds share most of their training samples.",
+    ]
+
+
+def _classifier(pdf: ReportPDF, content: ReportContent, first_figure: int) -> None:
+    classifier = content.classifier
+    if classifier is None:
+        return
+    pdf.add_page()
+    pdf.heading("Happy / non-happy classifier")
+    classifier_params = content.params["classifier"]
+    pdf.paragraph(
+        f"A {classifier_params['backbone']} network ({classifier_params['input_size']} px input, weights "
+        f"{classifier_params['weights']}) classifies face crops as happy or not happy. It is trained and evaluated "
+        "with stratified cross-validation on two datasets: GENKI-4K (4,000 photographs, cropped around the face "
+        "that this project's detector finds) and SMILEsmileD (64 x 64 grayscale face crops from Labeled Faces in "
+        "the Wild). Each sample is scored by the model of the fold in which it was held out."
+    )
+    if classifier.smiles_data is not None:
+        pdf.paragraph("Datasets after deduplication (smiles_data.json); class counts are keyed by label, 1 = happy.",
+                      size=9)
+        pdf.data_table(("Quantity", "GENKI-4K", "SMILEsmileD"), smiles_data_rows(classifier.smiles_data),
+                       col_widths=(80, 40, 40), align=("LEFT", "RIGHT", "RIGHT"), size=8)
+        for key, title in SMILE_DATASETS:
+            note = (classifier.smiles_data.get(key) or {}).get(SMILES_NOTE_KEY)
+            if note:
+                pdf.paragraph(f"{title}: {note}", size=8.5)
+
+    pdf.heading("Classifier results")
+    pdf.paragraph("Held-out metrics with happy as the positive class. All: pooled over every held-out sample. "
+                  "Fold mean: mean of the per-fold values with a Student-t 95% confidence interval over folds. "
+                  "n/a marks a value that could not be computed (for example ROC AUC of a fold with one class).",
+                  size=8.5)
+    pdf.data_table(("Dataset", "Metric", "Classifier, all", "Classifier, fold mean [95% CI]", "Haar, all",
+                    "Haar, fold mean [95% CI]"),
+                   classifier_result_rows(classifier.metrics), col_widths=(24, 28, 22, 42, 20, 44),
+                   align=("LEFT", "LEFT", "RIGHT", "RIGHT", "RIGHT", "RIGHT"), size=8)
+    pdf.paragraph("Caveats: " + " ".join(classifier_caveats(content.params, classifier.metrics,
+                                                             classifier.smiles_data)), size=8)
+
+    if classifier.missing_figures:
+        pdf.paragraph(f"Not found among the classifier figures: {', '.join(classifier.missing_figures)}.")
+    for number, (path, caption) in enumerate(classifier.figures, start=first_figure):
+        _figure(pdf, number, path, caption)
 
 
 def _provenance(pdf: ReportPDF, content: ReportContent) -> None:
@@ -431,8 +571,10 @@ def build_report(content: ReportContent) -> bytes:
     pdf.set_title("EmotiveLens face detection report")
     pdf.set_creation_date(content.generated)
     pdf.add_page()
-    for section in (_title, _summary, _parameters, _data_summary, _splits, _fold_metrics, _figures, _provenance):
+    for section in (_title, _summary, _parameters, _data_summary, _splits, _fold_metrics, _figures):
         section(pdf, content)
+    _classifier(pdf, content, first_figure=len(content.figures) + 1)
+    _provenance(pdf, content)
     return bytes(pdf.output())
 
 
@@ -471,15 +613,45 @@ def figure_captions(params: dict) -> dict[str, str]:
     }
 
 
-def find_figures(folder: Path, captions: dict[str, str]) -> tuple[list[tuple[Path, str]], list[str]]:
-    """Return the PNG files in ``folder`` with captions, known figures first, and the known ones missing."""
+def classifier_figure_captions(params: dict) -> dict[str, str]:
+    """Return the caption of each figure that stages.classifier_figures writes, with the values of this run."""
+    settings = params["evaluate_classifier"]
+    haar_rule = ("its min_neighbors chosen on each fold's training part" if settings["haar_min_neighbors"] is None
+                 else f"min_neighbors {settings['haar_min_neighbors']}")
+    examples = settings["example_crops"]
+    captions = {
+        "roc_curves.png": (
+            "ROC curves of the classifier (solid) and the OpenCV smile Haar cascade (dashed) on the held-out crops of "
+            "all folds, pooled; faint lines are single folds of the classifier. Dots mark the decisions made: "
+            f"P(happy) >= {settings['threshold']:g} for the classifier, and for the cascade {haar_rule}, so its dot "
+            "can lie off the pooled curve when the folds use different values."
+        ),
+        "confusion_matrices.png": (
+            "Held-out confusion matrices of the classifier and the Haar cascade, pooled over folds. Each cell gives "
+            "the share of its true class and the count."
+        ),
+        "classifier_training.png": (
+            "Training loss and accuracy per epoch of every fold's classifier, on its augmented training part."
+        ),
+    }
+    for key, title in SMILE_DATASETS:
+        captions[f"examples_{key}.png"] = (
+            f"{title}: the {examples} held-out crops that the classifier got right with the most confidence (top) "
+            f"and the {examples} it got wrong with the most confidence (bottom), with the true label and P(happy)."
+        )
+    return captions
+
+
+def find_figures(folder: Path, captions: dict[str, str],
+                 order: Sequence[str] = FIGURE_ORDER) -> tuple[list[tuple[Path, str]], list[str]]:
+    """Return the PNG files in ``folder`` with captions, those in ``order`` first, and those of ``order`` missing."""
     if not folder.is_dir():
         raise DataError(f"{folder}: figure folder not found")
     present = {path.name: path for path in folder.glob("*.png") if not path.name.startswith(".")}
-    ordered = [name for name in FIGURE_ORDER if name in present]
-    ordered += sorted(name for name in present if name not in FIGURE_ORDER)
+    ordered = [name for name in order if name in present]
+    ordered += sorted(name for name in present if name not in order)
     figures = [(present[name], captions.get(name, name)) for name in ordered]
-    missing = [name for name in FIGURE_ORDER if name not in present]
+    missing = [name for name in order if name not in present]
     for name in missing:
         log.warning("figure %s not found in %s", name, folder)
     return figures, missing
@@ -593,6 +765,32 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
         temporary.unlink(missing_ok=True)
 
 
+def read_classifier_content(args: argparse.Namespace, params: dict) -> ClassifierContent | None:
+    """Read the classifier section's inputs, or return None when --classifier-metrics is not given.
+
+    Raises:
+        DataError: for --classifier-figures or --smiles-data without --classifier-metrics, or
+            for an unreadable or malformed input.
+    """
+    if args.classifier_metrics is None:
+        given = [option for option, value in (("--classifier-figures", args.classifier_figures),
+                                               ("--smiles-data", args.smiles_data)) if value is not None]
+        if given:
+            raise DataError(f"{' and '.join(given)} need --classifier-metrics, which adds the classifier section")
+        return None
+    metrics = read_json_object(args.classifier_metrics, remedy="; run the evaluate_classifier stage first")
+    check_classifier_layout(metrics, str(args.classifier_metrics))
+    smiles_data = None
+    if args.smiles_data is not None:
+        smiles_data = read_json_object(args.smiles_data, remedy="; run the split_smiles stage first")
+    figures: list[tuple[Path, str]] = []
+    missing: list[str] = []
+    if args.classifier_figures is not None:
+        figures, missing = find_figures(args.classifier_figures, classifier_figure_captions(params),
+                                        CLASSIFIER_FIGURE_ORDER)
+    return ClassifierContent(metrics=metrics, smiles_data=smiles_data, figures=figures, missing_figures=missing)
+
+
 def collect_content(args: argparse.Namespace) -> ReportContent:
     """Read every input of the report and describe the software and machine."""
     params = load_params(args.params, args.profile)
@@ -603,6 +801,11 @@ def collect_content(args: argparse.Namespace) -> ReportContent:
     figures, missing = find_figures(args.figures, figure_captions(params))
     input_files = [args.params, args.metrics, args.data_summary, args.splits / "folds.csv"]
     input_files += [path for path, _ in figures]
+    classifier = read_classifier_content(args, params)
+    if classifier is not None:
+        input_files.append(args.classifier_metrics)
+        input_files += [args.smiles_data] if args.smiles_data is not None else []
+        input_files += [path for path, _ in classifier.figures]
     if args.dvc_lock.is_file():
         input_files.append(args.dvc_lock)
     provenance = Provenance(
@@ -620,6 +823,7 @@ def collect_content(args: argparse.Namespace) -> ReportContent:
         figures=figures,
         missing_figures=missing,
         provenance=provenance,
+        classifier=classifier,
     )
 
 
@@ -638,6 +842,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--figures", type=Path, required=True, help="folder with the PNG figures")
     parser.add_argument("--dvc-lock", type=Path, default=Path("dvc.lock"),
                         help="DVC lock file to list in the provenance section, if it exists (default: dvc.lock)")
+    parser.add_argument("--classifier-metrics", type=Path, default=None,
+                        help="classifier metrics JSON (classifier.json); adds the classifier section")
+    parser.add_argument("--classifier-figures", type=Path, default=None,
+                        help="folder with the classifier PNG figures (needs --classifier-metrics)")
+    parser.add_argument("--smiles-data", type=Path, default=None,
+                        help="smile dataset summary JSON (smiles_data.json; needs --classifier-metrics)")
     parser.add_argument("--out", type=Path, required=True, help="PDF file to write")
     return parser
 

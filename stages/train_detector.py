@@ -8,6 +8,11 @@ resumes where it stopped, while a changed setting starts afresh.
 
 Per-step losses go to ``<curves>/fold{k}-steps.csv`` and per-epoch losses to
 ``<curves>/fold{k}-epochs.csv``.
+
+With ``--annotations CSV`` instead of ``--splits``, the stage trains one final model on every
+image of that table (for the predictor, not for evaluation) and writes it straight into
+``--out``, with its curves as ``<curves>/final-steps.csv`` and ``final-epochs.csv``. It uses
+the seed of fold 0, and its log lines call it fold 0.
 """
 
 from __future__ import annotations
@@ -66,6 +71,17 @@ def find_folds(splits_dir: Path) -> list[FoldData]:
     if not folds:
         raise TrainingError(f"{splits_dir}: no fold*/train.csv found; run the split stage first")
     return folds
+
+
+def all_images_fold(annotations_csv: Path) -> FoldData:
+    """Describe a whole annotation table as one training set, for the final model."""
+    if not annotations_csv.is_file():
+        raise TrainingError(f"{annotations_csv}: not found; run the convert stage first")
+    with annotations_csv.open(newline="", encoding="utf-8") as handle:
+        images = {row[0] for row in csv.reader(handle) if row}
+    if not images:
+        raise TrainingError(f"{annotations_csv}: no annotation rows")
+    return FoldData(0, annotations_csv, len(images))
 
 
 def resolve_backbone_weights(backbone: str, weights: str, mirror: Path | None) -> Path | None:
@@ -141,12 +157,33 @@ def train_all(folds: list[FoldData], classes_csv: Path, params: dict, mirror: Pa
             shutil.copy2(final_dir / "epochs.csv", staging_curves / f"fold{index}-epochs.csv")
 
 
+def train_final(annotations_csv: Path, classes_csv: Path, params: dict, mirror: Path | None,
+                checkpoint_root: Path, out_dir: Path, curves_dir: Path) -> None:
+    """Train one model on every image of ``annotations_csv`` and publish it as ``out_dir``."""
+    from stages import detector_training
+
+    weights_path = resolve_backbone_weights(params["backbone"], params["weights"], mirror)
+    fold = all_images_fold(annotations_csv)
+    log.info("final model: training on all %d images of %s", fold.images, annotations_csv)
+    work_dir = checkpoint_root / run_key(params, fold, classes_csv, weights_path) / "final"
+    work_dir.mkdir(parents=True, exist_ok=True)
+    final_dir = detector_training.train_fold(fold, classes_csv, params, weights_path, work_dir)
+    with atomic_directory(out_dir) as staging_model, atomic_directory(curves_dir) as staging_curves:
+        shutil.copytree(final_dir, staging_model, dirs_exist_ok=True, ignore=shutil.ignore_patterns("*.csv"))
+        shutil.copy2(final_dir / "steps.csv", staging_curves / "final-steps.csv")
+        shutil.copy2(final_dir / "epochs.csv", staging_curves / "final-epochs.csv")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m stages.train_detector", description=__doc__.split("\n\n")[0])
     add_params_arguments(parser)
-    parser.add_argument("--splits", type=Path, required=True, help="split folder with fold*/train.csv")
+    training_set = parser.add_mutually_exclusive_group(required=True)
+    training_set.add_argument("--splits", type=Path, help="split folder with fold*/train.csv: one model per fold")
+    training_set.add_argument("--annotations", type=Path,
+                              help="annotation CSV: one final model on all of its images, written into --out")
     parser.add_argument("--classes", type=Path, required=True, help="keras-retinanet class mapping CSV")
-    parser.add_argument("--out", type=Path, required=True, help="folder for the trained models, one per fold")
+    parser.add_argument("--out", type=Path, required=True,
+                        help="folder for the trained models, one per fold (with --annotations: the model itself)")
     parser.add_argument("--curves", type=Path, required=True, help="folder for the per-step and per-epoch loss CSVs")
     parser.add_argument("--checkpoints", type=Path, default=Path("data/checkpoints/detector"),
                         help="folder for resumable checkpoints (default: data/checkpoints/detector)")
@@ -159,6 +196,9 @@ def run(args: argparse.Namespace) -> None:
     """Train every fold with the settings and paths in ``args``."""
     mirror = resolve_mirror_root(args.mirror, os.environ)
     params = load_params(args.params, args.profile)
+    if args.annotations is not None:
+        train_final(args.annotations, args.classes, params["detector"], mirror, args.checkpoints, args.out, args.curves)
+        return
     folds = find_folds(args.splits)
     train_all(folds, args.classes, params["detector"], mirror, args.checkpoints, args.out, args.curves)
 

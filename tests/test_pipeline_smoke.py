@@ -1,4 +1,4 @@
-"""The smoke profile runs end to end on real Caltech images, through DVC and through Snakemake.
+"""The smoke profile runs end to end on real images, through DVC and through Snakemake.
 
 Each orchestrator runs in its own copy of the project. The dataset comes from the mirror folder
 named by EMOTIVELENS_MIRROR when it is set, otherwise from the official download.
@@ -78,6 +78,32 @@ def assert_pipeline_outputs(project: Path) -> None:
     figures = {path.name for path in (project / "reports" / "figures").glob("*.png")}
     assert {"focal_loss.png", "per_image_iou.png", "examples.png", "pr_curves.png", "training_curves.png"} <= figures
     assert (project / "reports" / "emotivelens-report.pdf").read_bytes().startswith(b"%PDF")
+    assert_classifier_outputs(project)
+
+
+def assert_classifier_outputs(project: Path) -> None:
+    classifier = json.loads((project / "reports" / "metrics" / "classifier.json").read_text())
+    for dataset in ("genki4k", "smilesmiled"):
+        for key in ("accuracy", "balanced_accuracy", "f1"):
+            assert 0.0 <= classifier[dataset]["heldout"][key] <= 1.0, f"{dataset}.heldout.{key}"
+        assert "roc_auc" in classifier[dataset]["heldout"]
+    smiles = json.loads((project / "reports" / "metrics" / "smiles_data.json").read_text())
+    assert set(smiles) >= {"genki4k", "smilesmiled"}
+    figures = {path.name for path in (project / "reports" / "classifier" / "figures").glob("*.png")}
+    assert len(figures) >= 4, figures
+    for final_model in ("detector", "classifier"):
+        assert (project / "data" / "models" / "final" / final_model / "model.json").is_file()
+
+
+def assert_predictor_runs_on_final_models(project: Path) -> None:
+    """`emotivelens predict` loads the final models from the paths the pipeline writes."""
+    image = next(iter(sorted((project / "data" / "raw" / "caltech-faces-1999").rglob("*.jpg"))))
+    out = project / "predictions"
+    run([sys.executable, "-m", "stages.app", "predict", str(image), "--out", str(out)], project)
+    result = json.loads((out / f"{image.stem}.json").read_text())
+    assert result["detector"].endswith("data/models/final/detector")
+    for face in result["faces"]:
+        assert 0.0 <= face["happy_probability"] <= 1.0
 
 
 def test_dvc_repro_runs_smoke_profile(dvc_project):
@@ -103,6 +129,10 @@ def test_dvc_metrics_show_lists_detector_metrics(dvc_project):
 def test_snakemake_runs_smoke_profile(snakemake_project):
     project, _dry_run = snakemake_project
     assert_pipeline_outputs(project)
+
+
+def test_predictor_loads_the_final_models(dvc_project):
+    assert_predictor_runs_on_final_models(dvc_project[0])
 
 
 def test_second_snakemake_run_has_nothing_to_do(snakemake_project):

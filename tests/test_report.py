@@ -348,3 +348,139 @@ def test_package_versions_mark_missing_package() -> None:
     assert versions["numpy"] == np.__version__
     assert versions["no-such-package-for-emotivelens"] == "not installed"
     assert "python" in versions
+
+
+# --- Classifier section --------------------------------------------------------------
+
+CLASSIFIER_FIGURE_SIZES = {"roc_curves.png": (400, 220), "confusion_matrices.png": (300, 280),
+                           "examples_genki4k.png": (500, 200), "examples_smilesmiled.png": (500, 200),
+                           "classifier_training.png": (400, 300)}
+
+
+def scorer_block(base: float) -> dict:
+    heldout = {"accuracy": base, "balanced_accuracy": base - 0.01, "roc_auc": base + 0.05, "f1": base - 0.02,
+               "n": 100, "positives": 30}
+    folds = {name: across(value) for name, value in heldout.items() if name not in ("n", "positives")}
+    return {"heldout": heldout, "folds": folds}
+
+
+def write_classifier_inputs(root: Path, one_class_auc: bool = False) -> list[str]:
+    """Write classifier.json, smiles_data.json and classifier PNGs; return the extra report arguments."""
+    metrics = {}
+    for name, base in (("genki4k", 0.912), ("smilesmiled", 0.871)):
+        block = {**scorer_block(base), "dataset": {"samples": 100, "positives": 30, "prevalence": 0.3}}
+        block["haar"] = scorer_block(base - 0.2)
+        metrics[name] = block
+    if one_class_auc:
+        metrics["smilesmiled"]["haar"]["heldout"]["roc_auc"] = None
+    smiles_data = {
+        "genki4k": {"samples_read": 4000, "duplicates_removed": 3, "duplicate_groups": [{"kept": "a"}],
+                    "class_counts": {"0": 1836, "1": 2161}, "face_found": 3950, "face_not_found": 47,
+                    "test_class_counts_per_fold": {"0": {"0": 367, "1": 432}}},
+        "smilesmiled": {"samples_read": 13165, "conflicting_label_samples_dropped": 10,
+                        "note": "No identity labels in SMILEsmileD."},
+    }
+    metrics_path = root / "reports/metrics/classifier.json"
+    metrics_path.write_text(json.dumps(metrics), encoding="utf-8")
+    smiles_path = root / "reports/metrics/smiles_data.json"
+    smiles_path.write_text(json.dumps(smiles_data), encoding="utf-8")
+    figures = root / "reports/classifier/figures"
+    figures.mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    for name, (width, height) in CLASSIFIER_FIGURE_SIZES.items():
+        Image.fromarray(rng.integers(0, 255, (height, width, 3), dtype=np.uint8)).save(figures / name, dpi=(50, 50))
+    return ["--classifier-metrics", str(metrics_path), "--smiles-data", str(smiles_path),
+            "--classifier-figures", str(figures)]
+
+
+@pytest.fixture(scope="module")
+def classifier_report(tmp_path_factory: pytest.TempPathFactory) -> str:
+    root = tmp_path_factory.mktemp("classifier_report")
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        monkeypatch.chdir(root)
+        argv = write_inputs(root) + write_classifier_inputs(root, one_class_auc=True)
+        assert report.main(argv) == 0
+    return pdf_text((root / "reports/report.pdf").read_bytes())
+
+
+@pytest.mark.parametrize("expected", [
+    "Happy / non-happy classifier",
+    "Classifier, fold mean [95% CI]",
+    "Haar, fold mean [95% CI]",
+    "0.912",
+    "0.912 [0.882, 0.942]",
+    "0.671",
+    "SMILEsmileD",
+    "ROC AUC",
+    "samples_read",
+    "13165",
+    "1 groups",
+    "No identity labels in SMILEsmileD.",
+    "cannot be grouped by person",
+    "47 of 4000 GENKI-4K images",
+    "30.0% of GENKI-4K samples",
+    "chosen on each fold's training part",
+    "Figure 6:",
+    "Figure 10:",
+    "EmotiveLens face detection report",
+])
+def test_classifier_section_contains(classifier_report: str, expected: str) -> None:
+    assert expected in classifier_report
+
+
+def test_classifier_section_leaves_out_per_fold_counts(classifier_report: str) -> None:
+    assert "test_class_counts_per_fold" not in classifier_report
+
+
+def test_report_without_classifier_has_no_section(built_report: tuple[bytes, str]) -> None:
+    _data, text = built_report
+
+    assert "Happy / non-happy classifier" not in text
+    assert "Figure 6:" not in text
+
+
+def test_classifier_rows_show_null_as_na() -> None:
+    metrics = {"genki4k": {**scorer_block(0.9), "haar": {"heldout": {"roc_auc": None}}}}
+
+    rows = report.classifier_result_rows(metrics)
+
+    assert rows[0] == ("GENKI-4K", "Accuracy", "0.900", "0.900 [0.870, 0.930]", "n/a", "n/a")
+    assert rows[2][4] == "n/a"
+    assert rows[4] == ("SMILEsmileD", "Accuracy", "n/a", "n/a", "n/a", "n/a")
+
+
+def test_smiles_data_needs_classifier_metrics(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                              capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.chdir(tmp_path)
+    argv = write_inputs(tmp_path)
+    extra = write_classifier_inputs(tmp_path)
+
+    assert report.main(argv + extra[2:]) == 1
+
+    assert "need --classifier-metrics" in capsys.readouterr().err
+    assert not (tmp_path / "reports/report.pdf").exists()
+
+
+def test_classifier_metrics_bad_layout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                       capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.chdir(tmp_path)
+    argv = write_inputs(tmp_path) + write_classifier_inputs(tmp_path)
+    path = tmp_path / "reports/metrics/classifier.json"
+    metrics = json.loads(path.read_text(encoding="utf-8"))
+    metrics["genki4k"]["haar"]["heldout"]["f1"] = "high"
+    path.write_text(json.dumps(metrics), encoding="utf-8")
+
+    assert report.main(argv) == 1
+
+    assert "classifier.json: genki4k.haar.heldout.f1 is 'high', expected a number or null" in capsys.readouterr().err
+
+
+def test_classifier_section_without_figures_or_smiles_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    argv = write_inputs(tmp_path) + write_classifier_inputs(tmp_path)[:2]
+
+    assert report.main(argv) == 0
+
+    text = pdf_text((tmp_path / "reports/report.pdf").read_bytes())
+    assert "Classifier results" in text
+    assert "smiles_data.json (face_not_found)" in text

@@ -64,7 +64,8 @@ def declared():
 
 def test_same_stage_names(declared):
     snakemake, dvc = declared
-    assert list(snakemake) == list(dvc)
+    # Snakemake lists jobs in its own scheduling order, so compare the names only.
+    assert sorted(snakemake) == sorted(dvc)
 
 
 @pytest.mark.parametrize("field", ["command", "outputs", "inputs"])

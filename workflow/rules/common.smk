@@ -27,6 +27,31 @@ PR_CURVES_CSV = "reports/detector/pr_curves.csv"
 FIGURES_DIR = "reports/figures"
 REPORT_PDF = "reports/emotivelens-report.pdf"
 
+# The final models that `emotivelens predict` and `emotivelens stream` load by default.
+FINAL_DETECTOR = "data/models/final/detector"
+FINAL_DETECTOR_CURVES = "reports/training/final-detector"
+FINAL_CLASSIFIER = "data/models/final/classifier"
+FINAL_CLASSIFIER_CURVES = "reports/training/classifier/final"
+
+SMILE_DATASETS = ("genki4k", "smilesmiled")
+SMILES_RAW = {dataset: f"data/raw/{dataset}" for dataset in SMILE_DATASETS}
+GENKI_CROPS_DIR = "data/smiles/genki4k-crops"
+SMILES_SPLITS_DIR = "data/smiles/splits"
+SMILES_SUMMARY = "reports/metrics/smiles_data.json"
+# Where each dataset's images live: samples.csv paths point into these folders.
+SMILES_IMAGES = {"genki4k": GENKI_CROPS_DIR, "smilesmiled": SMILES_RAW["smilesmiled"]}
+CLASSIFIER_MODELS_ROOT = "data/models/classifier"
+CLASSIFIER_MODELS = {dataset: f"{CLASSIFIER_MODELS_ROOT}/{dataset}" for dataset in SMILE_DATASETS}
+CLASSIFIER_CURVES_ROOT = "reports/training/classifier"
+CLASSIFIER_CURVES = {dataset: f"{CLASSIFIER_CURVES_ROOT}/{dataset}" for dataset in SMILE_DATASETS}
+CLASSIFIER_METRICS = "reports/metrics/classifier.json"
+CLASSIFIER_PREDICTIONS = "reports/classifier/predictions.csv"
+CLASSIFIER_FIGURES_DIR = "reports/classifier/figures"
+
+
+def samples_csv(dataset):
+    return f"{SMILES_SPLITS_DIR}/{dataset}/samples.csv"
+
 # Every stage reads the schema and the profile file through stages.params and shares the
 # command-line, error and atomic-write helpers.
 COMMON_DEPS = [

@@ -1,4 +1,4 @@
-# One RetinaNet detector per fold.
+# One RetinaNet detector per fold, and a final one on all images for the predictor.
 
 
 rule train_detector:
@@ -21,3 +21,25 @@ rule train_detector:
     shell:
         f"python -m stages.train_detector {PARAMS_ARGS} --splits {SPLITS_DIR} --classes {CLASSES_CSV}"
         f" --out {DETECTOR_MODELS} --curves {DETECTOR_CURVES} 2>&1 | tee {{log}}"
+
+
+rule train_final_detector:
+    input:
+        COMMON_DEPS,
+        "stages/train_detector.py",
+        "stages/download.py",
+        "stages/detector_training.py",
+        "stages/detector.py",
+        "stages/kerascompat.py",
+        ANNOTATIONS_CSV,
+        CLASSES_CSV,
+    output:
+        directory(FINAL_DETECTOR),
+        directory(FINAL_DETECTOR_CURVES),
+    params:
+        detector=config["detector"],
+    log:
+        f"logs/{FINAL_DETECTOR}.log",
+    shell:
+        f"python -m stages.train_detector {PARAMS_ARGS} --annotations {ANNOTATIONS_CSV} --classes {CLASSES_CSV}"
+        f" --out {FINAL_DETECTOR} --curves {FINAL_DETECTOR_CURVES} 2>&1 | tee {{log}}"

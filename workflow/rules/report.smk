@@ -27,16 +27,48 @@ rule figures:
         f" --predictions {DETECTOR_PREDICTIONS} --out {FIGURES_DIR} 2>&1 | tee {{log}}"
 
 
+rule classifier_figures:
+    input:
+        COMMON_DEPS,
+        "stages/classifier_figures.py",
+        "stages/figures.py",
+        "stages/evaluate_classifier.py",
+        "stages/smile_baseline.py",
+        "stages/evaluate_detector.py",
+        "stages/metrics.py",
+        CLASSIFIER_METRICS,
+        CLASSIFIER_PREDICTIONS,
+        CLASSIFIER_CURVES.values(),
+        SMILES_SPLITS_DIR,
+        SMILES_IMAGES.values(),
+    output:
+        directory(CLASSIFIER_FIGURES_DIR),
+    params:
+        evaluate_classifier=config["evaluate_classifier"],
+    log:
+        f"logs/{CLASSIFIER_FIGURES_DIR}.log",
+    shell:
+        f"python -m stages.classifier_figures {PARAMS_ARGS} --metrics {CLASSIFIER_METRICS}"
+        f" --predictions {CLASSIFIER_PREDICTIONS} --training {CLASSIFIER_CURVES_ROOT} --splits {SMILES_SPLITS_DIR}"
+        f" --out {CLASSIFIER_FIGURES_DIR} 2>&1 | tee {{log}}"
+
+
 rule report:
     input:
         COMMON_DEPS,
         "stages/report.py",
         "stages/evaluate_detector.py",
         "stages/download.py",
+        "stages/evaluate_classifier.py",
+        "stages/smile_baseline.py",
+        "stages/metrics.py",
         DETECTOR_METRICS,
         DATA_SUMMARY,
         SPLITS_DIR,
         FIGURES_DIR,
+        SMILES_SUMMARY,
+        CLASSIFIER_METRICS,
+        CLASSIFIER_FIGURES_DIR,
     output:
         REPORT_PDF,
     params:
@@ -46,4 +78,6 @@ rule report:
         f"logs/{REPORT_PDF}.log",
     shell:
         f"python -m stages.report {PARAMS_ARGS} --metrics {DETECTOR_METRICS} --data-summary {DATA_SUMMARY}"
-        f" --splits {SPLITS_DIR} --figures {FIGURES_DIR} --dvc-lock dvc.lock --out {REPORT_PDF} 2>&1 | tee {{log}}"
+        f" --splits {SPLITS_DIR} --figures {FIGURES_DIR} --smiles-data {SMILES_SUMMARY}"
+        f" --classifier-metrics {CLASSIFIER_METRICS} --classifier-figures {CLASSIFIER_FIGURES_DIR}"
+        f" --dvc-lock dvc.lock --out {REPORT_PDF} 2>&1 | tee {{log}}"
