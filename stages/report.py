@@ -212,9 +212,10 @@ def sorted_folds(metrics: dict) -> list[tuple[str, dict]]:
 class ReportPDF(FPDF):
     """A4 report pages with a running header and page numbers."""
 
-    def __init__(self, generated: str) -> None:
+    def __init__(self, generated: str, title: str = "EmotiveLens face detection report") -> None:
         super().__init__(orientation="P", unit="mm", format="A4")
         self.generated = generated
+        self.report_title = title
         self.set_margins(15, 15, 15)
         self.set_auto_page_break(True, margin=15)
 
@@ -223,7 +224,7 @@ class ReportPDF(FPDF):
             return
         self.set_font(FONT, "", 8)
         self.set_text_color(120)
-        self.cell(0, 5, "EmotiveLens face detection report", new_x="LMARGIN", new_y="NEXT")
+        self.cell(0, 5, self.report_title, new_x="LMARGIN", new_y="NEXT")
         self.set_text_color(0)
         self.ln(2)
 
@@ -268,7 +269,7 @@ class ReportPDF(FPDF):
 
 def _title(pdf: ReportPDF, content: ReportContent) -> None:
     pdf.set_font(FONT, "B", 18)
-    pdf.cell(0, 10, "EmotiveLens face detection report", new_x="LMARGIN", new_y="NEXT")
+    pdf.cell(0, 10, report_title(content), new_x="LMARGIN", new_y="NEXT")
     pdf.set_font(FONT, "", 10)
     dataset = content.metrics.get("dataset") or {}
     pdf.paragraph(
@@ -279,6 +280,13 @@ def _title(pdf: ReportPDF, content: ReportContent) -> None:
         f"cross-validation grouped by {dataset.get('grouped_by', NOT_AVAILABLE)}.",
         size=10,
     )
+
+
+def report_title(content: ReportContent) -> str:
+    """Return the report's title, which names the expression classifier when the report has it."""
+    if content.classifier is None:
+        return "EmotiveLens face detection report"
+    return "EmotiveLens face detection and expression report"
 
 
 def _summary(pdf: ReportPDF, content: ReportContent) -> None:
@@ -322,6 +330,28 @@ def _summary(pdf: ReportPDF, content: ReportContent) -> None:
         size=8,
     )
     pdf.paragraph("Caveats: " + " ".join(CAVEATS), size=8)
+    if content.classifier is not None:
+        pdf.set_fill_color(*SUMMARY_FILL)
+        pdf.set_font(FONT, "", 9.5)
+        pdf.multi_cell(0, 4.8, latin1(classifier_summary(content.classifier.metrics)), border=1, fill=True,
+                       padding=2.5, align="L", new_x="LMARGIN", new_y="NEXT")
+        pdf.ln(1)
+
+
+def classifier_summary(metrics: dict) -> str:
+    """Return one sentence per smile dataset with the classifier's and the cascade's held-out results."""
+    parts = []
+    for key, title in SMILE_DATASETS:
+        dataset = metrics.get(key) or {}
+        model = dataset.get("heldout") or {}
+        haar = (dataset.get("haar") or {}).get("heldout") or {}
+        parts.append(
+            f"{title}: accuracy {format_metric(model.get('accuracy'))}, balanced accuracy "
+            f"{format_metric(model.get('balanced_accuracy'))}, ROC AUC {format_metric(model.get('roc_auc'))} "
+            f"(OpenCV smile cascade: {format_metric(haar.get('accuracy'))}, "
+            f"{format_metric(haar.get('balanced_accuracy'))}, {format_metric(haar.get('roc_auc'))})."
+        )
+    return "Happy / non-happy classifier, held out (details in its section below). " + " ".join(parts)
 
 
 def _parameters(pdf: ReportPDF, content: ReportContent) -> None:
@@ -567,8 +597,8 @@ def _provenance(pdf: ReportPDF, content: ReportContent) -> None:
 
 def build_report(content: ReportContent) -> bytes:
     """Lay out the report and return the PDF file as bytes."""
-    pdf = ReportPDF(generated=content.generated.strftime("%Y-%m-%d %H:%M UTC"))
-    pdf.set_title("EmotiveLens face detection report")
+    pdf = ReportPDF(generated=content.generated.strftime("%Y-%m-%d %H:%M UTC"), title=report_title(content))
+    pdf.set_title(report_title(content))
     pdf.set_creation_date(content.generated)
     pdf.add_page()
     for section in (_title, _summary, _parameters, _data_summary, _splits, _fold_metrics, _figures):

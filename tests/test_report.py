@@ -422,7 +422,8 @@ def classifier_report(tmp_path_factory: pytest.TempPathFactory) -> str:
     "chosen on each fold's training part",
     "Figure 6:",
     "Figure 10:",
-    "EmotiveLens face detection report",
+    "EmotiveLens face detection and expression report",
+    "GENKI-4K: accuracy 0.912, balanced accuracy 0.902, ROC AUC 0.962",
 ])
 def test_classifier_section_contains(classifier_report: str, expected: str) -> None:
     assert expected in classifier_report
@@ -437,6 +438,16 @@ def test_report_without_classifier_has_no_section(built_report: tuple[bytes, str
 
     assert "Happy / non-happy classifier" not in text
     assert "Figure 6:" not in text
+
+
+def test_classifier_summary_names_both_datasets_and_the_cascade() -> None:
+    metrics = {"genki4k": {**scorer_block(0.9), "haar": scorer_block(0.7)}, "smilesmiled": {}}
+
+    summary = report.classifier_summary(metrics)
+
+    assert "GENKI-4K: accuracy 0.900, balanced accuracy 0.890, ROC AUC 0.950" in summary
+    assert "(OpenCV smile cascade: 0.700, 0.690, 0.750)" in summary
+    assert "SMILEsmileD: accuracy n/a" in summary
 
 
 def test_classifier_rows_show_null_as_na() -> None:
