@@ -127,7 +127,11 @@ def locate_mirror_archive(
     for path in (archive, checksums):
         if not path.is_file():
             raise DataError(f"{path}: file not found in the mirror set by --mirror or {MIRROR_ENV}")
-    digests = parse_sha256sums(checksums.read_text(encoding="utf-8"), str(checksums))
+    try:
+        text = checksums.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise ChecksumError(f"{checksums}: not UTF-8 text ({error}); expected sha256sum output") from None
+    digests = parse_sha256sums(text, str(checksums))
     if archive_name not in digests:
         listed = ", ".join(sorted(digests)) or "nothing"
         raise ChecksumError(f"{checksums}: no checksum listed for {archive_name} (it lists {listed})")

@@ -122,6 +122,14 @@ def test_mirror_checksum_mismatch_names_both_hashes(tmp_path):
     assert leftovers(tmp_path) == []
 
 
+def test_mirror_checksums_not_utf8(tmp_path):
+    mirror = make_mirror(tmp_path / "mirror", TINY_FILES)
+    (mirror / download.DATASET_NAME / "SHA256SUMS").write_bytes(b"\xff\xfe not text")
+
+    with pytest.raises(ChecksumError, match=r"SHA256SUMS: not UTF-8 text"):
+        download.fetch_and_extract(project_params()["download"], mirror, tmp_path / "out")
+
+
 def test_mirror_archive_not_listed(tmp_path):
     mirror = make_mirror(tmp_path / "mirror", TINY_FILES)
     (mirror / download.DATASET_NAME / download.CHECKSUMS_NAME).write_text(f"{'a' * 64}  other.tar\n")
