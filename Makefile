@@ -1,6 +1,7 @@
 # Fresh machine:  make run   (set up .venv, then run the whole pipeline with DVC)
 #                 make test  (set up .venv, then run the test suite)
-# Offline, point EMOTIVELENS_MIRROR at a folder holding caltech-faces-1999/ and keras-weights/.
+# Offline, point EMOTIVELENS_MIRROR at a folder holding caltech-faces-1999/, genki-4k/, smilesmiled/
+# and keras-weights/.
 
 VENV_BIN := .venv/bin
 export PATH := $(CURDIR)/$(VENV_BIN):$(PATH)

@@ -20,7 +20,10 @@ and a smoothed frame rate on each. Without ``--headless`` it shows a window (qui
 Esc). With ``--headless`` (or ``--out``) it writes ``<out>/annotated.mp4`` and
 ``<out>/frames.jsonl``, one JSON object per frame::
 
-    {"frame": 0, "timestamp_s": 0.0, "fps": 9.8, "faces": [ ... as above ... ]}
+    {"frame": 1, "timestamp_s": 0.067, "fps": 9.8, "faces": [ ... as above ... ]}
+
+``fps`` is null on frame 0: the rate is measured from the end of the first frame on, because
+the first frame also pays for loading the models.
 
 While it runs, the two files have temporary names (``annotated.*.partial.mp4``,
 ``frames.*.partial.jsonl``). At the end of the stream, after ``--max-frames``, on Ctrl-C and on
@@ -169,6 +172,9 @@ def _run_command(handler: Callable[[argparse.Namespace], int], args: argparse.Na
 def main(argv: list[str] | None = None) -> int:
     """Run the ``emotivelens`` command line; return the exit status (argparse exits 2 on bad usage)."""
     args = build_parser().parse_args(argv)
+    # TensorFlow's C++ start-up messages (CPU features, plug-in registration) would bury the
+    # command's own output; a user who sets TF_CPP_MIN_LOG_LEVEL keeps their own level.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     return _run_command(args.handler, args, f"{PROG} {args.command}")
 
 
@@ -295,17 +301,24 @@ def output_fps(capture, source: int | str) -> float:
 
 
 class FpsMeter:
-    """Frames per second from an exponential moving average of the time between frames."""
+    """Frames per second from an exponential moving average of the time between frames.
+
+    The clock starts when the first frame is done, so the first frame's time, which includes
+    loading the models onto the device and compiling them, does not drag the rate down.
+    """
 
     def __init__(self, smoothing: float = FPS_SMOOTHING, clock: Callable[[], float] = time.monotonic):
         self.smoothing = smoothing
         self.clock = clock
-        self.last = clock()
+        self.last: float | None = None
         self.mean_interval: float | None = None
 
-    def tick(self) -> float:
-        """Record that a frame is done; return the smoothed frames per second."""
+    def tick(self) -> float | None:
+        """Record that a frame is done; return the smoothed frames per second (None after the first)."""
         now = self.clock()
+        if self.last is None:
+            self.last = now
+            return None
         interval = max(now - self.last, 1e-6)
         self.last = now
         if self.mean_interval is None:
@@ -466,7 +479,7 @@ class StreamProgress:
 
 
 def _frame_record(index: int, timestamp_s: float, fps: float, faces) -> dict:
-    return {"frame": index, "timestamp_s": round(timestamp_s, 6), "fps": round(fps, 3),
+    return {"frame": index, "timestamp_s": round(timestamp_s, 6), "fps": None if fps is None else round(fps, 3),
             "faces": [face.to_dict() for face in faces]}
 
 

@@ -412,6 +412,8 @@ def _draw_label(image: np.ndarray, text: str, anchor: tuple[int, int], colour, f
     # there is no room above.
     (text_width, text_height), baseline = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, font_scale, thickness)
     x, y = anchor
+    # Keep the label inside the image when the face touches the right edge.
+    x = max(0, min(x, image.shape[1] - text_width - 2 * thickness))
     top = y - text_height - baseline - 2 * thickness
     if top < 0:
         top = y
@@ -472,4 +474,4 @@ def encode_jpeg(image_bgr: np.ndarray, quality: int = 92) -> bytes:
 
 def to_json_line(record: dict) -> str:
     """Return ``record`` as one line of JSON (for JSON Lines files)."""
-    return json.dumps(record, sort_keys=True) + "\n"
+    return json.dumps(record) + "\n"

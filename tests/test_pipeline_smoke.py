@@ -24,7 +24,10 @@ pytestmark = pytest.mark.integration
 
 
 def run(command: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(cwd))
+    # The stage commands call plain `python`, so this interpreter's folder goes first on PATH:
+    # the tests then pass from an activated environment and from `.venv/bin/python -m pytest`.
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    env = dict(os.environ, PYTHONPATH=str(cwd), PATH=path)
     result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
     assert result.returncode == 0, f"{' '.join(command)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
     return result

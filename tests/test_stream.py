@@ -103,7 +103,10 @@ def check_records(records: list[dict]) -> None:
         assert set(record) == RECORD_KEYS
         assert record["frame"] == index
         assert record["timestamp_s"] == pytest.approx(index / VIDEO_FPS)
-        assert record["fps"] > 0
+        if index == 0:
+            assert record["fps"] is None
+        else:
+            assert record["fps"] > 0
         assert 1 <= len(record["faces"]) <= 2
         for face in record["faces"]:
             assert set(face) == FACE_KEYS
@@ -255,6 +258,7 @@ def test_fps_meter_smooths():
     times = iter([0.0, 0.1, 0.2, 0.5])
     meter = app.FpsMeter(smoothing=0.5, clock=lambda: next(times))
 
+    assert meter.tick() is None
     assert meter.tick() == pytest.approx(10.0)
     assert meter.tick() == pytest.approx(10.0)
     # Mean interval 0.5 * 0.1 + 0.5 * 0.3 = 0.2 s.
