@@ -82,6 +82,10 @@ def assert_pipeline_outputs(project: Path) -> None:
     assert {"focal_loss.png", "per_image_iou.png", "examples.png", "pr_curves.png", "training_curves.png"} <= figures
     assert (project / "reports" / "emotivelens-report.pdf").read_bytes().startswith(b"%PDF")
     assert_classifier_outputs(project)
+    baselines = json.loads((project / "reports" / "metrics" / "baselines.json").read_text())
+    for detector in ("haar", "blazeface", "mtcnn"):
+        for variant in ("raw", "calibrated"):
+            assert 0.0 <= baselines[detector][variant]["heldout"]["mean_iou"] <= 1.0, f"{detector}.{variant}"
 
 
 def assert_classifier_outputs(project: Path) -> None:

@@ -24,6 +24,8 @@ DETECTOR_PREDICTIONS = "data/predictions/detector"
 DETECTOR_METRICS = "reports/metrics/detector.json"
 PER_IMAGE_CSV = "reports/detector/per_image.csv"
 PR_CURVES_CSV = "reports/detector/pr_curves.csv"
+BASELINES_METRICS = "reports/metrics/baselines.json"
+BASELINES_PER_IMAGE_CSV = "reports/detector/baselines_per_image.csv"
 FIGURES_DIR = "reports/figures"
 REPORT_PDF = "reports/emotivelens-report.pdf"
 

@@ -1,4 +1,4 @@
-# Held-out and training metrics of every fold.
+# Held-out and training metrics of every fold, off-the-shelf detector baselines, and the classifier.
 
 
 rule evaluate_detector:
@@ -23,6 +23,26 @@ rule evaluate_detector:
         f"python -m stages.evaluate_detector {PARAMS_ARGS} --splits {SPLITS_DIR} --models {DETECTOR_MODELS}"
         f" --predictions {DETECTOR_PREDICTIONS} --metrics {DETECTOR_METRICS} --per-image {PER_IMAGE_CSV}"
         f" --pr-curves {PR_CURVES_CSV} --data-summary {DATA_SUMMARY} 2>&1 | tee {{log}}"
+
+
+rule evaluate_baselines:
+    input:
+        COMMON_DEPS,
+        "stages/baselines.py",
+        "stages/metrics.py",
+        "stages/evaluate_detector.py",
+        SPLITS_DIR,
+        RAW_DIR,
+    output:
+        BASELINES_METRICS,
+        BASELINES_PER_IMAGE_CSV,
+    params:
+        baselines=config["baselines"],
+    log:
+        f"logs/{BASELINES_METRICS}.log",
+    shell:
+        f"python -m stages.baselines {PARAMS_ARGS} --splits {SPLITS_DIR} --metrics {BASELINES_METRICS}"
+        f" --per-image {BASELINES_PER_IMAGE_CSV} 2>&1 | tee {{log}}"
 
 
 rule evaluate_classifier:
