@@ -440,6 +440,35 @@ def test_report_without_classifier_has_no_section(built_report: tuple[bytes, str
     assert "Figure 6:" not in text
 
 
+def test_baseline_rows_put_the_trained_detector_first() -> None:
+    detector = {"heldout": {"mean_iou": 0.88, "ap50": 1.0, "ap50_95": 0.76, "recall50": 1.0}}
+    baselines = {"haar": {"raw": {"heldout": {"mean_iou": 0.57, "ap50": 0.73}},
+                          "calibrated": {"heldout": {"mean_iou": 0.85}}, "ms_per_image": 74.26}}
+
+    rows = report.baseline_rows(detector, baselines)
+
+    assert rows[0] == ("This project's RetinaNet", "trained", "0.880", "1.000", "0.760", "1.000", "")
+    assert rows[1] == ("OpenCV Haar cascade", "raw", "0.570", "0.730", "n/a", "n/a", "74.3")
+    assert rows[2] == ("", "calibrated", "0.850", "n/a", "n/a", "n/a", "")
+    assert rows[3][0] == "BlazeFace"
+    assert rows[3][2] == "n/a"
+
+
+def test_main_prints_the_baseline_table(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    arguments = write_inputs(tmp_path)
+    baselines = tmp_path / "baselines.json"
+    baselines.write_text(json.dumps({"mtcnn": {"raw": {"heldout": {"mean_iou": 0.49}},
+                                               "calibrated": {"heldout": {"mean_iou": 0.873}},
+                                               "ms_per_image": 100.0}}), encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+
+    assert report.main([*arguments, "--baselines", str(baselines)]) == 0
+
+    text = pdf_text((tmp_path / "reports/report.pdf").read_bytes())
+    assert "Off-the-shelf face detectors" in text
+    assert "0.873" in text
+
+
 def test_classifier_summary_names_both_datasets_and_the_cascade() -> None:
     metrics = {"genki4k": {**scorer_block(0.9), "haar": scorer_block(0.7)}, "smilesmiled": {}}
 

@@ -66,6 +66,7 @@ rule report:
         DATA_SUMMARY,
         SPLITS_DIR,
         FIGURES_DIR,
+        BASELINES_METRICS,
         SMILES_SUMMARY,
         CLASSIFIER_METRICS,
         CLASSIFIER_FIGURES_DIR,
@@ -78,6 +79,7 @@ rule report:
         f"logs/{REPORT_PDF}.log",
     shell:
         f"python -m stages.report {PARAMS_ARGS} --metrics {DETECTOR_METRICS} --data-summary {DATA_SUMMARY}"
-        f" --splits {SPLITS_DIR} --figures {FIGURES_DIR} --smiles-data {SMILES_SUMMARY}"
+        f" --splits {SPLITS_DIR} --figures {FIGURES_DIR} --baselines {BASELINES_METRICS}"
+        f" --smiles-data {SMILES_SUMMARY}"
         f" --classifier-metrics {CLASSIFIER_METRICS} --classifier-figures {CLASSIFIER_FIGURES_DIR}"
         f" --dvc-lock dvc.lock --out {REPORT_PDF} 2>&1 | tee {{log}}"
