@@ -113,9 +113,12 @@ def write_inputs(root: Path, with_dvc_lock: bool = True) -> list[str]:
 def pdf_strings(data: bytes) -> list[str]:
     """Return the text shown by the PDF's core-font ``(...) Tj`` operators, in drawing order."""
     strings = []
-    for match in re.finditer(rb"stream\r?\n(.*?)\r?\nendstream", data, re.S):
+    # Each stream is read by the byte count its /Length gives: a search for the next "endstream"
+    # can stop early inside compressed bytes and lose a page's text.
+    for match in re.finditer(rb"/Length (\d+)\s*>>\s*stream\r?\n", data):
+        start = match.end()
         try:
-            content = zlib.decompress(match.group(1))
+            content = zlib.decompress(data[start:start + int(match.group(1))])
         except zlib.error:
             continue
         for operator in re.finditer(rb"\(((?:\\.|[^\\)])*)\) Tj", content):
