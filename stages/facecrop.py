@@ -2,8 +2,8 @@
 
 The expression classifier is trained on crops of GENKI-4K images around the boxes that the
 project's own face detector finds, and the predictor classifies crops around the boxes that
-the same detector finds in new images. Both call :func:`square_crop`, so the classifier always
-sees faces framed the same way.
+the same detector finds in new images. Both call :func:`square_crop`, so training and
+prediction crops frame faces the same way.
 """
 
 from __future__ import annotations

@@ -121,9 +121,9 @@ def image_digest(path: Path) -> str:
 def read_genki_crops(csv_path: Path) -> tuple[list[Sample], dict]:
     """Read crops.csv of stage crop_faces into samples; return them and the face-found statistics.
 
-    Raises DataError naming the file, the line and the value for a file that is not UTF-8
-    CSV, a missing column, a row with fewer fields than the header, an empty sample, path or
-    source, a label other than 0 or 1, a face_found other than 0 or 1, or a repeated sample.
+    Raises DataError naming the file, the line and the value. The checks cover the encoding
+    (UTF-8 CSV), missing columns, rows with fewer fields than the header, an empty sample, path
+    or source, labels and face_found values other than 0 or 1, and repeated samples.
     """
     try:
         text = csv_path.read_text(encoding="utf-8-sig")

@@ -15,9 +15,6 @@ import pytest
 from stages import app, predict
 from stages.errors import ModelError
 
-# Detector and classifier small enough to build, load and run in a few seconds on a CPU.
-TINY_DETECTOR = {"backbone": "mobilenet224_0.25", "image_min_side": 64, "image_max_side": 96, "feature_size": 16}
-TINY_CLASSIFIER = {"backbone": "mobilenet_0.25", "input_size": 32}
 # A random detector scores every anchor at its prior probability (0.01), so threshold 0 keeps
 # boxes and the classifier runs; --max-faces keeps the outputs short.
 MODEL_ARGS_TEMPLATE = ["--face-threshold", "0", "--max-faces", "3"]
@@ -25,37 +22,8 @@ FACE_KEYS = {"box", "face_score", "happy_probability", "label"}
 RECORD_KEYS = {"image", "width", "height", "faces", "detector", "classifier"}
 
 
-@pytest.fixture(scope="module")
-def tiny_models(tmp_path_factory) -> tuple[Path, Path]:
-    """Return (detector folder, classifier folder) of random-weight models saved like the pipeline's."""
-    from stages import classifier, detector
-
-    root = tmp_path_factory.mktemp("models")
-    detector.save_model(detector.build_training_model(TINY_DETECTOR, pretrained=False), TINY_DETECTOR,
-                        root / "detector")
-    classifier.save_classifier(classifier.build_classifier(TINY_CLASSIFIER, None), TINY_CLASSIFIER,
-                               root / "classifier")
-    return root / "detector", root / "classifier"
-
-
-@pytest.fixture(scope="module")
-def loaded_predictors() -> dict:
-    """Predictors loaded in this module, by load_predictor arguments."""
-    return {}
-
-
-@pytest.fixture(autouse=True)
-def reuse_loaded_predictors(monkeypatch, loaded_predictors):
-    """Load each model pair once per module: the first command loads it for real, later ones reuse it."""
-    real_load = predict.load_predictor
-
-    def load_once(*args, **kwargs):
-        key = repr((args, sorted(kwargs.items())))
-        if key not in loaded_predictors:
-            loaded_predictors[key] = real_load(*args, **kwargs)
-        return loaded_predictors[key]
-
-    monkeypatch.setattr(predict, "load_predictor", load_once)
+# Every test here reuses the models loaded by earlier tests of the module (see conftest.py).
+pytestmark = pytest.mark.usefixtures("reuse_loaded_predictors")
 
 
 def model_args(models: tuple[Path, Path]) -> list[str]:
