@@ -6,7 +6,6 @@ TensorFlow loads.
 
 from __future__ import annotations
 
-import csv
 import logging
 import math
 import sys
@@ -19,6 +18,7 @@ import numpy as np
 from stages import classifier as classifier_module
 from stages import kerascompat
 from stages.atomic import atomic_directory
+from stages.curves import append_row, truncate_curves
 from stages.errors import DataError, TrainingError
 from stages.train_classifier import TrainingRun, class_weights, run_epochs
 
@@ -97,26 +97,6 @@ def epoch_rng(seed: int, epoch: int) -> np.random.Generator:
     return np.random.default_rng([seed, epoch])
 
 
-def append_row(path: Path, row: tuple) -> None:
-    new = not path.exists()
-    with path.open("a", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        if new:
-            writer.writerow(EPOCH_COLUMNS)
-        writer.writerow([f"{value:.6g}" if isinstance(value, float) else value for value in row])
-
-
-def truncate_curves(path: Path, last_epoch: int) -> None:
-    """Drop logged rows after ``last_epoch``: they belong to an epoch that was interrupted."""
-    if not path.exists():
-        return
-    with path.open(newline="", encoding="utf-8") as handle:
-        rows = list(csv.reader(handle))
-    kept = [rows[0]] + [row for row in rows[1:] if int(row[0]) <= last_epoch]
-    with path.open("w", newline="", encoding="utf-8") as handle:
-        csv.writer(handle).writerows(kept)
-
-
 def compile_classifier(model, learning_rate) -> None:
     """Compile with binary cross-entropy on P(happy), Adam and unweighted accuracy."""
     model.compile(optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
@@ -174,7 +154,7 @@ class EpochTrainer:
 def record_epoch(run: TrainingRun, epoch: int, epochs: int, loss: float, accuracy: float, learning_rate: float,
                  seconds: float, epochs_path: Path, manager, epoch_variable) -> None:
     """Log a finished epoch, append it to the curve and save the checkpoint."""
-    append_row(epochs_path, (epoch + 1, loss, accuracy, learning_rate, seconds))
+    append_row(epochs_path, EPOCH_COLUMNS, (epoch + 1, loss, accuracy, learning_rate, seconds))
     epoch_variable.assign(epoch + 1)
     manager.save()
     log.info("%s epoch %d/%d: loss %.4f, accuracy %.4f, learning rate %.3g, %.0f s",

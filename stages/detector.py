@@ -25,6 +25,7 @@ from keras_retinanet import losses, models  # noqa: E402
 from keras_retinanet.models import retinanet as retinanet_module  # noqa: E402
 from keras_retinanet.utils.anchors import AnchorParameters  # noqa: E402
 from keras_retinanet.utils.image import resize_image  # noqa: E402
+import tensorflow as tf  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -80,12 +81,43 @@ def build_training_model(config: dict, pretrained: bool):
     return models.backbone(backbone).retinanet(num_classes=len(CLASS_NAMES), **kwargs)
 
 
+# Predicted probabilities are clipped to [PROBABILITY_EPSILON, 1 - PROBABILITY_EPSILON] in the
+# focal loss, as Keras clips them in its binary cross-entropy.
+PROBABILITY_EPSILON = 1e-7
+
+
+def focal_loss(alpha: float, gamma: float, epsilon: float = PROBABILITY_EPSILON):
+    """Return the focal classification loss FL(p_t) = -alpha_t (1 - p_t)^gamma log(p_t).
+
+    It follows keras-retinanet's ``losses.focal``. The last column of ``y_true`` is the anchor
+    state (-1 ignored, 0 background, 1 face). The loss sums over the anchors that are not ignored
+    and divides by the number of face anchors, at least 1. Unlike keras-retinanet's version it
+    clips the probabilities before the power as well as before the logarithm: there the gradient
+    of (1 - p)^gamma at a saturated output p = 1 is NaN for gamma below 1, which stops training
+    with gamma 0 (alpha-weighted cross-entropy) or 0.5.
+    """
+    def _focal(y_true, y_pred):
+        labels = y_true[:, :, :-1]
+        anchor_state = y_true[:, :, -1]
+        scored = tf.where(tf.not_equal(anchor_state, -1))
+        labels = tf.gather_nd(labels, scored)
+        probabilities = tf.clip_by_value(tf.gather_nd(y_pred, scored), epsilon, 1.0 - epsilon)
+        is_face = tf.equal(labels, 1)
+        p_t = tf.where(is_face, probabilities, 1.0 - probabilities)
+        alpha_t = tf.where(is_face, alpha, 1.0 - alpha)
+        loss = -alpha_t * tf.pow(1.0 - p_t, gamma) * tf.math.log(p_t)
+        faces = tf.cast(tf.math.count_nonzero(tf.equal(anchor_state, 1)), loss.dtype)
+        return tf.reduce_sum(loss) / tf.maximum(faces, 1.0)
+
+    return _focal
+
+
 def compile_training_model(model, focal: dict, learning_rate, clipnorm: float) -> None:
     """Compile with smooth L1 box regression and focal classification loss (Lin et al., 2017)."""
     model.compile(
         loss={
             "regression": losses.smooth_l1(),
-            "classification": losses.focal(alpha=focal["alpha"], gamma=focal["gamma"]),
+            "classification": focal_loss(alpha=focal["alpha"], gamma=focal["gamma"]),
         },
         optimizer=keras.optimizers.Adam(learning_rate=learning_rate, clipnorm=clipnorm),
     )

@@ -5,7 +5,6 @@ Kept apart from stages.train_detector so that parameters are checked before Tens
 
 from __future__ import annotations
 
-import csv
 import logging
 import math
 import resource
@@ -19,6 +18,7 @@ import numpy as np
 from stages import detector as detector_module
 from stages import kerascompat
 from stages.atomic import atomic_directory
+from stages.curves import append_row, truncate_curves
 from stages.errors import TrainingError
 from stages.train_detector import FoldData
 
@@ -162,26 +162,6 @@ def batch_losses(means: dict, previous_means: dict | None, batch: int) -> dict:
     if previous_means is None or batch == 0:
         return dict(means)
     return {key: (batch + 1) * means[key] - batch * previous_means[key] for key in means}
-
-
-def append_row(path: Path, columns: tuple[str, ...], row: tuple) -> None:
-    new = not path.exists()
-    with path.open("a", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        if new:
-            writer.writerow(columns)
-        writer.writerow([f"{value:.6g}" if isinstance(value, float) else value for value in row])
-
-
-def truncate_curves(path: Path, last_epoch: int) -> None:
-    """Drop logged rows after ``last_epoch``: they belong to an epoch that was interrupted."""
-    if not path.exists():
-        return
-    with path.open(newline="", encoding="utf-8") as handle:
-        rows = list(csv.reader(handle))
-    kept = [rows[0]] + [row for row in rows[1:] if int(row[0]) <= last_epoch]
-    with path.open("w", newline="", encoding="utf-8") as handle:
-        csv.writer(handle).writerows(kept)
 
 
 def train_fold(fold: FoldData, classes_csv: Path, params: dict, weights_path: Path | None, work_dir: Path) -> Path:

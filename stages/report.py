@@ -3,7 +3,8 @@
 When given the classifier's inputs (--classifier-metrics, and optionally --classifier-figures
 and --smiles-data), the report adds a section on the happy / non-happy classifier: its datasets
 and their deduplication, held-out metrics next to the OpenCV smile-cascade baseline, figures
-and caveats.
+and caveats. When given the focal-loss sweep's summary (--focal-sweep and
+--focal-sweep-figures, see stages.focal_sweep), it adds a section on the focal-loss study.
 
 The report sets this study's held-out results next to the training-set IoU that the original
 study (Song and Van, "EmotiveLens: face detection with focal loss training criterion and small
@@ -40,6 +41,7 @@ from stages.download import file_digest
 from stages.errors import DataError
 from stages.evaluate_classifier import check_classifier_layout
 from stages.evaluate_detector import check_metrics_layout, read_json_object
+from stages.focal_sweep import GAP_PNG, SWEEP_PNG, check_summary_layout
 from stages.params import add_params_arguments, load_params
 
 log = logging.getLogger(__name__)
@@ -127,6 +129,15 @@ class ClassifierContent:
 
 
 @dataclass
+class FocalSweepContent:
+    """The focal-loss study's inputs: focal_sweep.json and its figures."""
+
+    metrics: dict
+    figures: list[tuple[Path, str]]
+    missing_figures: list[str]
+
+
+@dataclass
 class ReportContent:
     """Everything the PDF shows, already read from disk."""
 
@@ -139,6 +150,7 @@ class ReportContent:
     provenance: Provenance
     classifier: ClassifierContent | None = None
     baselines: dict | None = None  # baselines.json of stage evaluate_baselines
+    focal_sweep: FocalSweepContent | None = None
     generated: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
 
 
@@ -319,6 +331,9 @@ def _summary(pdf: ReportPDF, content: ReportContent) -> None:
         f"of {100 * paper['paper_train_mean_iou']:.1f}% (min {100 * paper['paper_train_min_iou']:.1f}%, "
         f"max {100 * paper['paper_train_max_iou']:.1f}%). " + HONEST_COMPARISON
     )
+    goals = accuracy_goals_text(content.params["profile"], heldout, paper["paper_train_mean_iou"])
+    if goals:
+        text += " " + goals
     pdf.multi_cell(0, 4.8, latin1(text), border=1, fill=True, padding=2.5, align="L", new_x="LMARGIN",
                    new_y="NEXT")
     pdf.ln(1)
@@ -331,12 +346,42 @@ def _summary(pdf: ReportPDF, content: ReportContent) -> None:
         size=8,
     )
     pdf.paragraph("Caveats: " + " ".join(CAVEATS), size=8)
+    if content.focal_sweep is not None:
+        pdf.set_fill_color(*SUMMARY_FILL)
+        pdf.set_font(FONT, "", 9.5)
+        pdf.multi_cell(0, 4.8, latin1(focal_sweep_summary(content.focal_sweep.metrics)), border=1, fill=True,
+                       padding=2.5, align="L", new_x="LMARGIN", new_y="NEXT")
+        pdf.ln(1)
     if content.classifier is not None:
         pdf.set_fill_color(*SUMMARY_FILL)
         pdf.set_font(FONT, "", 9.5)
         pdf.multi_cell(0, 4.8, latin1(classifier_summary(content.classifier.metrics)), border=1, fill=True,
                        padding=2.5, align="L", new_x="LMARGIN", new_y="NEXT")
         pdf.ln(1)
+
+
+# Held-out accuracy the default profile is tuned to reach on a 2-core CPU. The paper profile's
+# goal is the original study's mean training IoU, reached on held-out persons.
+DEFAULT_PROFILE_GOALS = (("ap50", "AP@0.5", 0.99), ("mean_iou", "mean IoU", 0.88))
+
+
+def accuracy_goals_text(profile: str, heldout: dict, paper_train_mean_iou: float) -> str:
+    """Say whether the pooled held-out metrics reach the profile's accuracy goals ('' for other profiles)."""
+    if profile == "default":
+        goals = DEFAULT_PROFILE_GOALS
+    elif profile == "paper":
+        goals = (("mean_iou", "mean IoU", paper_train_mean_iou),)
+    else:
+        return ""
+    parts = []
+    for key, label, goal in goals:
+        value = heldout.get(key)
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            verdict = "not measured"
+        else:
+            verdict = "met" if value >= goal else "missed"
+        parts.append(f"held-out {label} of at least {goal:g}: {verdict}")
+    return f"Goals of the {profile} profile: " + "; ".join(parts) + "."
 
 
 def classifier_summary(metrics: dict) -> str:
@@ -438,10 +483,16 @@ BASELINE_METRICS = (("mean_iou", "Mean IoU"), ("ap50", "AP@0.5"), ("ap50_95", "A
 
 
 def baseline_rows(detector_metrics: dict, baselines: dict) -> list[tuple[str, ...]]:
-    """Return (detector, boxes, four held-out metrics, ms per image) rows, this project's detector first."""
+    """Return (detector, boxes, four held-out metrics, ms per image) rows, this project's detector first.
+
+    The speed of this project's detector is the timing.ms_per_image_mean of detector.json, blank
+    when that file has no timing block.
+    """
     heldout = detector_metrics.get("heldout") or {}
+    timing = detector_metrics.get("timing")
+    speed = format_metric(timing.get("ms_per_image_mean"), digits=1) if isinstance(timing, dict) else ""
     rows = [("This project's RetinaNet", "trained", *(format_metric(heldout.get(key)) for key, _ in BASELINE_METRICS),
-             "")]
+             speed)]
     for key, title in BASELINE_DETECTORS:
         block = baselines.get(key) or {}
         for variant in ("raw", "calibrated"):
@@ -461,7 +512,9 @@ def _baselines(pdf: ReportPDF, content: ReportContent) -> None:
         "metrics. Their boxes follow other conventions than the Caltech annotations, so each is also scored "
         "after an affine map of box centre, width and height fitted by least squares on each fold's training "
         "images only (calibrated). Milliseconds per image time the detect call alone, after one warm-up call, "
-        "on the machine that ran the stage.")
+        "on the machine that ran the stage. For this project's RetinaNet they time each fold model's held-out "
+        "predictions on the machine that ran the evaluate stage, without each model's first (warm-up) call, "
+        "and include reading the image file.")
     header = ("Detector", "Boxes", *(label for _, label in BASELINE_METRICS), "ms / image")
     pdf.data_table(header, baseline_rows(content.metrics, content.baselines),
                    col_widths=(44, 22, 20, 20, 26, 24, 24), align=("LEFT", "LEFT", *(["RIGHT"] * 5)), size=8.5)
@@ -497,6 +550,136 @@ def _figure(pdf: ReportPDF, number: int, path: Path, caption: str) -> None:
     pdf.paragraph(f"Figure {number}: {caption}", size=8.5, style="I")
     pdf.set_text_color(0)
     pdf.ln(3)
+
+
+FOCAL_SWEEP_FIGURE_ORDER = (SWEEP_PNG, GAP_PNG)
+
+
+def focal_sweep_figure_captions() -> dict[str, str]:
+    """Return the caption of each figure that stages.focal_sweep writes."""
+    return {
+        SWEEP_PNG: (
+            "Held-out AP@0.5, AP@[.5:.95] and mean IoU of the focal-loss sweep against gamma (evenly spaced, not to "
+            "scale), one line per alpha; gamma 0 is alpha-weighted cross-entropy. Markers: mean over the folds. Error "
+            "bars: one standard deviation over the folds. Much of that spread comes from folds that are harder for "
+            "every setting, which the paired test removes."
+        ),
+        GAP_PNG: (
+            "Training minus held-out mean IoU of every setting: mean over the folds of each fold's difference, with "
+            "one standard deviation over the folds. A larger gap means more overfitting to the training persons."
+        ),
+    }
+
+
+def focal_sweep_rows(summary: dict) -> list[tuple[str, ...]]:
+    """Return (gamma, alpha, AP@0.5, AP@[.5:.95], mean IoU +/- fold SD, train mean IoU, gap) per setting.
+
+    Values are means over folds; the best setting's gamma is marked with "*".
+    """
+    best = (summary.get("best") or {}).get("setting")
+    rows = []
+    for name, row in summary["settings"].items():
+        gamma = format_value(row.get("gamma")) + (" (CE)" if row.get("gamma") == 0 else "")
+        rows.append((
+            gamma + (" *" if name == best else ""),
+            format_value(row.get("alpha")),
+            format_metric(row.get("heldout_ap50")),
+            format_metric(row.get("heldout_ap50_95")),
+            f"{format_metric(row.get('heldout_mean_iou'))} +/- {format_metric(row.get('heldout_mean_iou_fold_sd'))}",
+            format_metric(row.get("train_mean_iou")),
+            format_metric(row.get("gap_mean_iou")),
+        ))
+    return rows
+
+
+def _format_p(value: object) -> str:
+    return NOT_AVAILABLE if not isinstance(value, (int, float)) or isinstance(value, bool) else f"{value:.3g}"
+
+
+def _signed(value: object) -> str:
+    text = format_metric(value)
+    return f"+{text}" if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0 else text
+
+
+def paired_test_text(summary: dict) -> str:
+    """Describe the paired test of focal_sweep.json in words: what was compared, differences, CIs and p values."""
+    test = summary.get("paired_test") or {}
+    best = (summary.get("best") or {}).get("setting", NOT_AVAILABLE)
+    reference = test.get("reference")
+    if reference is None:
+        return f"Best setting: {best}. No paired test: {test.get('comparison', 'no reference setting')}."
+    parts = [f"Best setting by fold-mean held-out IoU: {best}, compared fold by fold with {reference} "
+             f"({test.get('comparison', '')}) over {format_metric(test.get('folds'))} folds."]
+    for metric, label in (("mean_iou", "Held-out mean IoU"), ("ap50_95", "Held-out AP@[.5:.95]")):
+        block = test.get(metric) or {}
+        parts.append(
+            f"{label} differs by {_signed(block.get('mean_difference'))} (95% CI "
+            f"{format_metric(block.get('ci95_low'))} to {format_metric(block.get('ci95_high'))}; paired t-test "
+            f"p = {_format_p(block.get('t_test_p'))}, Wilcoxon signed-rank p = {_format_p(block.get('wilcoxon_p'))})."
+        )
+    return " ".join(parts)
+
+
+def focal_sweep_summary(summary: dict) -> str:
+    """Return the summary box's line on the focal-loss study: the best setting and its paired comparison."""
+    best = summary.get("best") or {}
+    test = summary.get("paired_test") or {}
+    iou = test.get("mean_iou") or {}
+    text = (f"Focal-loss study ({len(summary.get('settings') or {})} settings, {format_metric(summary.get('epochs'))} "
+            f"epochs each): best gamma {format_value(best.get('gamma'))}, alpha {format_value(best.get('alpha'))} "
+            f"with held-out mean IoU {format_metric(best.get('heldout_mean_iou'))} (fold mean).")
+    if test.get("reference") is None:
+        return text + " No paired comparison was possible."
+    return text + (f" Against {test['reference']}: {_signed(iou.get('mean_difference'))} "
+                   f"(95% CI {format_metric(iou.get('ci95_low'))} to {format_metric(iou.get('ci95_high'))}, "
+                   f"paired t-test p = {_format_p(iou.get('t_test_p'))}); see the focal-loss study section.")
+
+
+def focal_sweep_caveats(summary: dict, detector_epochs: int) -> list[str]:
+    """Return the caveats of the focal-loss study, with the values of this run."""
+    folds = format_metric(summary.get("folds"))
+    return [
+        "The best setting is chosen on the same folds that the paired test then uses, so its advantage is "
+        "optimistic: with many settings, one does well on these folds by chance.",
+        f"{folds} folds give the paired tests little power, and the Wilcoxon signed-rank test with 5 folds cannot "
+        "give a two-sided p below 0.0625. The folds share most of their training images, so they are not "
+        "independent either.",
+        f"Each sweep run trains {format_metric(summary.get('epochs'))} epochs, while the shipped detector trains "
+        f"{detector_epochs}, so the sweep's numbers are lower than the shipped detector's and the ranking of "
+        "settings may change with longer training.",
+    ]
+
+
+def _focal_sweep(pdf: ReportPDF, content: ReportContent, first_figure: int) -> None:
+    sweep = content.focal_sweep
+    if sweep is None:
+        return
+    summary = sweep.metrics
+    detector_epochs = content.params["detector"]["epochs"]
+    pdf.add_page()
+    pdf.heading("Focal-loss study")
+    gammas = sorted({row.get("gamma") for row in summary["settings"].values()}, key=float)
+    alphas = sorted({row.get("alpha") for row in summary["settings"].values()}, key=float)
+    pdf.paragraph(
+        f"The focal loss FL(p_t) = -alpha_t (1 - p_t)^gamma log(p_t) of Lin et al. (2017) was swept over gamma in "
+        f"{{{', '.join(format_value(value) for value in gammas)}}} and alpha in "
+        f"{{{', '.join(format_value(value) for value in alphas)}}}; gamma 0 is alpha-weighted cross-entropy (CE). "
+        f"Every setting trains one detector per fold on the same {format_metric(summary.get('folds'))} "
+        f"person-grouped folds, for {format_metric(summary.get('epochs'))} epochs each (the shipped detector "
+        f"trains {detector_epochs}), with all other settings as in the parameters above."
+    )
+    pdf.paragraph("Values are means over the folds; +/- is one standard deviation over the folds. Gap: training "
+                  "minus held-out mean IoU. * marks the best setting by held-out mean IoU. focal_sweep.json also "
+                  "keeps the values pooled over all held-out images.", size=8.5)
+    pdf.data_table(("Gamma", "Alpha", "AP@0.5", "AP@[.5:.95]", "Mean IoU +/- SD", "Train IoU", "Gap"),
+                   focal_sweep_rows(summary), col_widths=(24, 16, 20, 24, 36, 22, 18),
+                   align=("LEFT", "LEFT", *(["RIGHT"] * 5)), size=8.5)
+    pdf.paragraph(paired_test_text(summary), size=9)
+    pdf.paragraph("Caveats: " + " ".join(focal_sweep_caveats(summary, detector_epochs)), size=8)
+    if sweep.missing_figures:
+        pdf.paragraph(f"Not found among the focal-loss figures: {', '.join(sweep.missing_figures)}.")
+    for number, (path, caption) in enumerate(sweep.figures, start=first_figure):
+        _figure(pdf, number, path, caption)
 
 
 def classifier_result_rows(metrics: dict) -> list[tuple[str, ...]]:
@@ -639,7 +822,11 @@ def build_report(content: ReportContent) -> bytes:
     pdf.add_page()
     for section in (_title, _summary, _parameters, _data_summary, _splits, _fold_metrics, _baselines, _figures):
         section(pdf, content)
-    _classifier(pdf, content, first_figure=len(content.figures) + 1)
+    next_figure = len(content.figures) + 1
+    if content.focal_sweep is not None:
+        _focal_sweep(pdf, content, first_figure=next_figure)
+        next_figure += len(content.focal_sweep.figures)
+    _classifier(pdf, content, first_figure=next_figure)
     _provenance(pdf, content)
     return bytes(pdf.output())
 
@@ -857,6 +1044,25 @@ def read_classifier_content(args: argparse.Namespace, params: dict) -> Classifie
     return ClassifierContent(metrics=metrics, smiles_data=smiles_data, figures=figures, missing_figures=missing)
 
 
+def read_focal_sweep_content(args: argparse.Namespace) -> FocalSweepContent | None:
+    """Read focal_sweep.json and its figures, or return None when neither option is given.
+
+    Raises:
+        DataError: when only one of --focal-sweep and --focal-sweep-figures is given, or for an
+            unreadable or malformed input.
+    """
+    if args.focal_sweep is None and args.focal_sweep_figures is None:
+        return None
+    if args.focal_sweep is None or args.focal_sweep_figures is None:
+        given, missing = (("--focal-sweep", "--focal-sweep-figures") if args.focal_sweep is not None
+                          else ("--focal-sweep-figures", "--focal-sweep"))
+        raise DataError(f"{given} needs {missing}: the focal-loss study section uses both")
+    metrics = read_json_object(args.focal_sweep, remedy="; run the focal_sweep stage first")
+    check_summary_layout(metrics, str(args.focal_sweep))
+    figures, missing = find_figures(args.focal_sweep_figures, focal_sweep_figure_captions(), FOCAL_SWEEP_FIGURE_ORDER)
+    return FocalSweepContent(metrics=metrics, figures=figures, missing_figures=missing)
+
+
 def collect_content(args: argparse.Namespace) -> ReportContent:
     """Read every input of the report and describe the software and machine."""
     params = load_params(args.params, args.profile)
@@ -868,10 +1074,14 @@ def collect_content(args: argparse.Namespace) -> ReportContent:
     input_files = [args.params, args.metrics, args.data_summary, args.splits / "folds.csv"]
     input_files += [path for path, _ in figures]
     classifier = read_classifier_content(args, params)
+    focal_sweep = read_focal_sweep_content(args)
     baselines = None
     if args.baselines is not None:
         baselines = read_json_object(args.baselines)
         input_files.append(args.baselines)
+    if focal_sweep is not None:
+        input_files.append(args.focal_sweep)
+        input_files += [path for path, _ in focal_sweep.figures]
     if classifier is not None:
         input_files.append(args.classifier_metrics)
         input_files += [args.smiles_data] if args.smiles_data is not None else []
@@ -895,6 +1105,7 @@ def collect_content(args: argparse.Namespace) -> ReportContent:
         provenance=provenance,
         classifier=classifier,
         baselines=baselines,
+        focal_sweep=focal_sweep,
     )
 
 
@@ -921,6 +1132,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="folder with the classifier PNG figures (needs --classifier-metrics)")
     parser.add_argument("--smiles-data", type=Path, default=None,
                         help="smile dataset summary JSON (smiles_data.json; needs --classifier-metrics)")
+    parser.add_argument("--focal-sweep", type=Path, default=None,
+                        help="focal-loss sweep summary JSON (focal_sweep.json); adds the focal-loss study section "
+                             "(needs --focal-sweep-figures)")
+    parser.add_argument("--focal-sweep-figures", type=Path, default=None,
+                        help="folder with the focal-loss sweep figures (needs --focal-sweep)")
     parser.add_argument("--out", type=Path, required=True, help="PDF file to write")
     return parser
 

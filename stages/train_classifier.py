@@ -243,7 +243,7 @@ def run_epochs(params: dict, training_images: int) -> int:
 
 
 # Source files whose changes make earlier checkpoints unusable.
-TRAINING_CODE = ("classifier.py", "classifier_training.py", "kerascompat.py")
+TRAINING_CODE = ("classifier.py", "classifier_training.py", "kerascompat.py", "curves.py")
 
 
 def run_key(classifier_params: dict, samples_csv: Path, weights_path: Path | None) -> str:

@@ -119,7 +119,7 @@ def resolve_backbone_weights(backbone: str, weights: str, mirror: Path | None) -
 
 
 # Source files whose changes make earlier checkpoints unusable.
-TRAINING_CODE = ("detector.py", "detector_training.py", "kerascompat.py")
+TRAINING_CODE = ("detector.py", "detector_training.py", "kerascompat.py", "curves.py")
 
 
 def run_key(detector_params: dict, fold: FoldData, classes_csv: Path, weights_path: Path | None) -> str:

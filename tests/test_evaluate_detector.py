@@ -101,7 +101,7 @@ def run_stage(root, detections_by_image, calls=None):
 def test_perfect_predictor_report(tmp_path):
     report = run_stage(tmp_path, perfect_detections())
 
-    assert sorted(report) == ["dataset", "folds", "heldout", "profile", "train"]
+    assert sorted(report) == ["dataset", "folds", "heldout", "profile", "timing", "train"]
     assert report["profile"] == "default"
     assert report["dataset"] == {
         "images": 6,
@@ -142,6 +142,42 @@ def test_fold_models_predict_own_parts(tmp_path):
     expected = {(fold, name) for fold in (0, 1) for name in IMAGES}
     assert set(calls) == expected
     assert len(calls) == len(expected)
+
+
+def test_timing_leaves_out_each_fold_warm_up(tmp_path, monkeypatch):
+    # Every predict call takes 0.01 s on the fake clock, except a fold's first, which takes 1 s.
+    clock = {"now": 0.0}
+    calls = []
+    monkeypatch.setattr(stage.time, "perf_counter", lambda: clock["now"])
+    fake = predictor_loader(perfect_detections(), calls)
+
+    def load(fold):
+        predict = fake(fold)
+
+        def timed(path):
+            first_call = not any(called_fold == fold for called_fold, _ in calls)
+            clock["now"] += 1.0 if first_call else 0.01
+            return predict(path)
+
+        return timed
+
+    write_split(tmp_path)
+    assert stage.main(stage_arguments(tmp_path), load_predictor=load) == 0
+    report = json.loads((tmp_path / "reports" / "metrics" / "detector.json").read_text())
+
+    # Three held-out images per fold, of which the first is the warm-up: 2 timed images per fold.
+    assert report["timing"] == {"ms_per_image_mean": 10.0, "ms_per_image_median": 10.0, "images": 4}
+    stage.check_metrics_layout(report, "detector.json")
+
+
+def test_timing_block_without_images():
+    assert stage.timing_block([]) == {"ms_per_image_mean": None, "ms_per_image_median": None, "images": 0}
+    assert stage.timing_block([0.002, 0.004, 0.009])["ms_per_image_median"] == pytest.approx(4.0)
+
+
+def test_check_metrics_layout_rejects_bad_timing():
+    with pytest.raises(DataError, match=r"detector\.json: timing\.images is 'many', expected a number or null"):
+        stage.check_metrics_layout({"timing": {"images": "many"}}, "detector.json")
 
 
 def test_image_without_detection_scores_zero(tmp_path):

@@ -19,6 +19,8 @@ import yaml
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 PROJECT_ENTRIES = ("stages", "workflow", "params.yaml", "dvc.yaml", ".dvcignore")
 TIMEOUT_S = 900
+SMOKE_GAMMAS = (0, 2)
+SMOKE_ALPHA = 0.25
 
 pytestmark = pytest.mark.integration
 
@@ -43,6 +45,8 @@ def copy_project(destination: Path, profile: str) -> Path:
             shutil.copy2(source, destination / entry)
     params = yaml.safe_load((destination / "params.yaml").read_text())
     params["profile"] = profile
+    # Two focal settings stand for the grid: the matrix of dvc.yaml reads it from params.yaml.
+    params["focal_sweep"].update(gammas=list(SMOKE_GAMMAS), alphas=[SMOKE_ALPHA])
     (destination / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run(["git", "init", "-q"], destination)
     run([sys.executable, "-m", "dvc", "init", "-q"], destination)
@@ -82,10 +86,23 @@ def assert_pipeline_outputs(project: Path) -> None:
     assert {"focal_loss.png", "per_image_iou.png", "examples.png", "pr_curves.png", "training_curves.png"} <= figures
     assert (project / "reports" / "emotivelens-report.pdf").read_bytes().startswith(b"%PDF")
     assert_classifier_outputs(project)
+    assert_focal_sweep_outputs(project)
     baselines = json.loads((project / "reports" / "metrics" / "baselines.json").read_text())
     for detector in ("haar", "blazeface", "mtcnn"):
         for variant in ("raw", "calibrated"):
             assert 0.0 <= baselines[detector][variant]["heldout"]["mean_iou"] <= 1.0, f"{detector}.{variant}"
+
+
+def assert_focal_sweep_outputs(project: Path) -> None:
+    sweep = json.loads((project / "reports" / "metrics" / "focal_sweep.json").read_text())
+    assert set(sweep["settings"]) == {f"gamma{gamma}-alpha{SMOKE_ALPHA}" for gamma in SMOKE_GAMMAS}
+    for name, setting in sweep["settings"].items():
+        assert 0.0 <= setting["heldout_mean_iou"] <= 1.0, name
+    for gamma in SMOKE_GAMMAS:
+        cell = json.loads((project / "reports" / "sweep" / f"gamma{gamma}-alpha{SMOKE_ALPHA}.json").read_text())
+        assert cell["setting"]["gamma"] == gamma
+        assert set(cell["folds"]) == {"fold0", "fold1"}
+    assert (project / "reports" / "focal_sweep" / "focal_sweep.png").is_file()
 
 
 def assert_classifier_outputs(project: Path) -> None:
@@ -151,3 +168,25 @@ def test_both_orchestrators_make_identical_splits(dvc_project, snakemake_project
     dvc_folds = (dvc_project[0] / "data" / "splits" / "folds.csv").read_text()
     snakemake_folds = (snakemake_project[0] / "data" / "splits" / "folds.csv").read_text()
     assert dvc_folds == snakemake_folds
+
+
+def test_dvc_experiment_trains_one_focal_setting(dvc_project):
+    """`dvc exp run -S detector.focal...` reruns the detector with one setting; exp show lists it."""
+    project, _first, _second = dvc_project
+    identity = ["-c", "user.name=EmotiveLens tests", "-c", "user.email=tests@example.invalid"]
+    run(["git", "add", "-A"], project)
+    run(["git", *identity, "commit", "-q", "-m", "smoke run"], project)
+    run([sys.executable, "-m", "dvc", "exp", "run", "--temp", "--name", "cross-entropy",
+         "-S", "detector.focal.gamma=0", "-S", "detector.focal.alpha=0.5", "evaluate_detector"], project)
+    shown = json.loads(run([sys.executable, "-m", "dvc", "exp", "show", "--json"], project).stdout)
+    experiments = {
+        experiment["name"]: experiment
+        for commit in shown
+        for experiment in [*(commit.get("experiments") or [])]
+        for experiment in experiment.get("revs", [])
+    }
+    assert "cross-entropy" in experiments, shown
+    params = experiments["cross-entropy"]["data"]["params"]["params.yaml"]["data"]["detector"]["focal"]
+    assert params == {"gamma": 0, "alpha": 0.5}
+    metrics = experiments["cross-entropy"]["data"]["metrics"]["reports/metrics/detector.json"]["data"]
+    assert 0.0 <= metrics["heldout"]["mean_iou"] <= 1.0

@@ -527,3 +527,141 @@ def test_classifier_section_without_figures_or_smiles_data(tmp_path: Path, monke
     text = pdf_text((tmp_path / "reports/report.pdf").read_bytes())
     assert "Classifier results" in text
     assert "smiles_data.json (face_not_found)" in text
+
+
+# --- Focal-loss study ----------------------------------------------------------------
+
+
+def sweep_row(gamma: float, alpha: float, iou: float) -> dict:
+    return {"gamma": gamma, "alpha": alpha, "heldout_ap50": 1.0, "heldout_ap50_fold_sd": 0.0,
+            "heldout_ap50_95": iou - 0.1, "heldout_ap50_95_fold_sd": 0.04, "heldout_mean_iou": iou,
+            "heldout_mean_iou_fold_sd": 0.0183, "train_mean_iou": iou + 0.03, "train_ap50_95": iou - 0.05,
+            "gap_mean_iou": 0.03, "gap_ap50_95": 0.05,
+            "pooled": {"heldout_ap50": 1.0, "heldout_ap50_95": iou - 0.1, "heldout_mean_iou": iou,
+                       "train_mean_iou": iou + 0.03}}
+
+
+def focal_sweep_metrics() -> dict:
+    settings = {"gamma0-alpha0.25": sweep_row(0, 0.25, 0.8688), "gamma0-alpha0.5": sweep_row(0, 0.5, 0.86),
+                "gamma2-alpha0.25": sweep_row(2, 0.25, 0.8819), "gamma2-alpha0.5": sweep_row(2, 0.5, 0.87)}
+    difference = {"mean_difference": 0.0131, "ci95_low": 0.0083, "ci95_high": 0.0179, "t_test_p": 0.0017,
+                  "wilcoxon_p": 0.0625}
+    return {
+        "profile": "default", "epochs": 6, "folds": 5, "settings": settings,
+        "best": {"setting": "gamma2-alpha0.25", "selected_by": "heldout_mean_iou (fold mean)", "gamma": 2,
+                 "alpha": 0.25, "heldout_mean_iou": 0.8819, "heldout_ap50_95": 0.7819},
+        "paired_test": {"best": "gamma2-alpha0.25", "reference": "gamma0-alpha0.25",
+                        "comparison": "best setting against cross-entropy (gamma 0) at the same alpha",
+                        "best_is_gamma0": False, "folds": 5, "mean_iou": difference,
+                        "ap50_95": {**difference, "mean_difference": -0.002, "t_test_p": 0.61}},
+    }
+
+
+def write_focal_sweep_inputs(root: Path) -> list[str]:
+    """Write focal_sweep.json and the two sweep PNGs; return the extra report arguments."""
+    metrics_path = root / "reports/metrics/focal_sweep.json"
+    metrics_path.write_text(json.dumps(focal_sweep_metrics()), encoding="utf-8")
+    figures = root / "reports/focal_sweep"
+    figures.mkdir(parents=True)
+    rng = np.random.default_rng(2)
+    for name, (width, height) in (("focal_sweep.png", (550, 190)), ("focal_sweep_gap.png", (330, 190))):
+        Image.fromarray(rng.integers(0, 255, (height, width, 3), dtype=np.uint8)).save(figures / name, dpi=(50, 50))
+    (figures / "focal_sweep.csv").write_text("setting\n", encoding="utf-8")
+    return ["--focal-sweep", str(metrics_path), "--focal-sweep-figures", str(figures)]
+
+
+@pytest.fixture(scope="module")
+def focal_sweep_report(tmp_path_factory: pytest.TempPathFactory) -> str:
+    root = tmp_path_factory.mktemp("focal_sweep_report")
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        monkeypatch.chdir(root)
+        argv = write_inputs(root) + write_focal_sweep_inputs(root) + write_classifier_inputs(root)
+        assert report.main(argv) == 0
+    return pdf_text((root / "reports/report.pdf").read_bytes())
+
+
+@pytest.mark.parametrize("expected", [
+    "Focal-loss study",
+    "Focal-loss study (4 settings, 6 epochs each): best gamma 2, alpha 0.25 with held-out mean IoU 0.882",
+    "Against gamma0-alpha0.25: +0.013 (95% CI 0.008 to 0.018, paired t-test p = 0.0017)",
+    "for 6 epochs each (the shipped detector trains 20)",
+    "0.869 +/- 0.018",
+    "2 *",
+    "0 (CE)",
+    "Held-out AP@[.5:.95] differs by -0.002",
+    "Wilcoxon signed-rank p = 0.0625",
+    "chosen on the same folds",
+    "cannot give a two-sided p below 0.0625",
+    "Figure 6: Held-out AP@0.5, AP@[.5:.95] and mean IoU",
+    "Figure 7: Training minus held-out mean IoU",
+    "Figure 8:",
+])
+def test_focal_sweep_section_contains(focal_sweep_report: str, expected: str) -> None:
+    assert expected in focal_sweep_report
+
+
+def test_report_without_focal_sweep_has_no_section(built_report: tuple[bytes, str]) -> None:
+    _data, text = built_report
+
+    assert "Focal-loss study" not in text
+
+
+@pytest.mark.parametrize("keep", [0, 2])
+def test_focal_sweep_options_go_together(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                         capsys: pytest.CaptureFixture, keep: int) -> None:
+    monkeypatch.chdir(tmp_path)
+    argv = write_inputs(tmp_path)
+    extra = write_focal_sweep_inputs(tmp_path)
+
+    assert report.main(argv + extra[keep:keep + 2]) == 1
+
+    assert "the focal-loss study section uses both" in capsys.readouterr().err
+    assert not (tmp_path / "reports/report.pdf").exists()
+
+
+def test_focal_sweep_bad_layout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.chdir(tmp_path)
+    argv = write_inputs(tmp_path) + write_focal_sweep_inputs(tmp_path)
+    path = tmp_path / "reports/metrics/focal_sweep.json"
+    metrics = json.loads(path.read_text(encoding="utf-8"))
+    metrics["settings"]["gamma0-alpha0.5"]["heldout_mean_iou"] = "good"
+    path.write_text(json.dumps(metrics), encoding="utf-8")
+
+    assert report.main(argv) == 1
+
+    assert "focal_sweep.json: settings.gamma0-alpha0.5.heldout_mean_iou is 'good', expected a number or null" in (
+        capsys.readouterr().err)
+
+
+def test_paired_test_text_without_reference() -> None:
+    metrics = focal_sweep_metrics()
+    metrics["paired_test"] = {"reference": None, "comparison": "the grid has no gamma > 0 setting"}
+
+    assert report.paired_test_text(metrics) == (
+        "Best setting: gamma2-alpha0.25. No paired test: the grid has no gamma > 0 setting.")
+    assert report.focal_sweep_summary(metrics).endswith("No paired comparison was possible.")
+
+
+def test_baseline_rows_show_detector_speed() -> None:
+    detector = {"heldout": {"mean_iou": 0.88}, "timing": {"ms_per_image_mean": 25.43, "ms_per_image_median": 24.0,
+                                                          "images": 440}}
+
+    rows = report.baseline_rows(detector, {})
+
+    assert rows[0][-1] == "25.4"
+
+
+@pytest.mark.parametrize(
+    ("profile", "heldout", "expected"),
+    [
+        ("default", {"ap50": 1.0, "mean_iou": 0.881},
+         "Goals of the default profile: held-out AP@0.5 of at least 0.99: met; held-out mean IoU of at least 0.88: met."),
+        ("default", {"ap50": 0.98, "mean_iou": None},
+         "Goals of the default profile: held-out AP@0.5 of at least 0.99: missed; "
+         "held-out mean IoU of at least 0.88: not measured."),
+        ("paper", {"mean_iou": 0.9}, "Goals of the paper profile: held-out mean IoU of at least 0.943: missed."),
+        ("smoke", {"ap50": 1.0, "mean_iou": 1.0}, ""),
+    ],
+)
+def test_accuracy_goals_text(profile, heldout, expected):
+    assert report.accuracy_goals_text(profile, heldout, 0.943) == expected

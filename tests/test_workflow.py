@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 import subprocess
 import sys
@@ -15,6 +16,8 @@ from stages.params import ParamsError, load_params
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 LOG_REDIRECT = re.compile(r"\s+2>&1 \| tee \S+$")
+# The focal_sweep rule lists every setting's JSON file; dvc.yaml depends on their folder.
+SWEEP_RESULT = re.compile(r"^reports/sweep/gamma[0-9.]+-alpha[0-9.]+\.json$")
 
 
 def run_snakemake(*args: str) -> subprocess.CompletedProcess:
@@ -30,10 +33,15 @@ def snakemake_jobs(profile: str = "default") -> dict[str, dict]:
         header = re.match(r"rule (\w+):", block)
         if not header or header.group(1) == "all":
             continue
-        fields = dict(re.findall(r"^    (input|output): (.*)$", block, flags=re.MULTILINE))
+        fields = dict(re.findall(r"^    (input|output|wildcards): (.*)$", block, flags=re.MULTILINE))
         command = re.search(r"^Shell command: (.*)$", block, flags=re.MULTILINE).group(1)
-        jobs[header.group(1)] = {
-            "inputs": set(fields.get("input", "").split(", ")) - {""},
+        name = header.group(1)
+        if "wildcards" in fields:
+            # Named like a DVC matrix stage: rule@value1-value2.
+            name += "@" + "-".join(pair.split("=", 1)[1] for pair in fields["wildcards"].split(", "))
+        inputs = set(fields.get("input", "").split(", ")) - {""}
+        jobs[name] = {
+            "inputs": {SWEEP_RESULT.sub("reports/sweep", path) for path in inputs},
             "outputs": set(fields["output"].split(", ")),
             "command": LOG_REDIRECT.sub("", command),
         }
@@ -43,18 +51,42 @@ def snakemake_jobs(profile: str = "default") -> dict[str, dict]:
 def dvc_stages(profile: str = "default") -> dict[str, dict]:
     """Read dvc.yaml with ``${profile}`` filled in, as {stage: inputs, outputs, command}."""
     text = (PROJECT_ROOT / "dvc.yaml").read_text().replace("${profile}", profile)
+    params = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
     stages = {}
     for name, stage in yaml.safe_load(text)["stages"].items():
-        outputs = set()
-        for key in ("outs", "metrics", "plots"):
-            for entry in stage.get(key, []):
-                outputs.add(next(iter(entry)) if isinstance(entry, dict) else entry)
-        stages[name] = {
-            "inputs": set(stage["deps"]),
-            "outputs": outputs,
-            "command": " ".join(stage["cmd"].split()),
-        }
+        for stage_name, expanded in expand_matrix(name, stage, params):
+            outputs = set()
+            for key in ("outs", "metrics", "plots"):
+                for entry in expanded.get(key, []):
+                    outputs.add(next(iter(entry)) if isinstance(entry, dict) else entry)
+            stages[stage_name] = {
+                "inputs": set(expanded["deps"]),
+                "outputs": outputs,
+                "command": " ".join(expanded["cmd"].split()),
+            }
     return stages
+
+
+def expand_matrix(name: str, stage: dict, params: dict) -> list[tuple[str, dict]]:
+    """Expand a DVC ``matrix`` stage into one (name@values, stage) per combination, as DVC does."""
+    if "matrix" not in stage:
+        return [(name, stage)]
+    axes = {}
+    for axis, values in stage["matrix"].items():
+        reference = re.fullmatch(r"\$\{(.+)\}", values) if isinstance(values, str) else None
+        if reference:
+            values = params
+            for part in reference.group(1).split("."):
+                values = values[part]
+        axes[axis] = [str(value) for value in values]
+    body = yaml.safe_dump({key: value for key, value in stage.items() if key != "matrix"})
+    expanded = []
+    for combination in itertools.product(*axes.values()):
+        text = body
+        for axis, value in zip(axes, combination):
+            text = text.replace("${item.%s}" % axis, value)
+        expanded.append((f"{name}@{'-'.join(combination)}", yaml.safe_load(text)))
+    return expanded
 
 
 @pytest.fixture(scope="module")
@@ -134,3 +166,10 @@ def test_schema_rejects_floats_nan_and_huge_seeds(key, value, message):
     params[section][name] = value
     with pytest.raises(ParamsError, match=re.escape(message)):
         validate_params(params)
+
+
+@pytest.mark.parametrize("profile_file", sorted((PROJECT_ROOT / "workflow" / "profiles").glob("*.yaml")), ids=str)
+def test_profiles_leave_the_sweep_grid_to_params_yaml(profile_file):
+    # dvc.yaml's matrix reads the grid from params.yaml; a profile's grid would reach Snakemake only.
+    overrides = yaml.safe_load(profile_file.read_text()) or {}
+    assert not {"gammas", "alphas"} & set(overrides.get("focal_sweep", {}))

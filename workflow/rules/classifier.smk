@@ -3,6 +3,7 @@
 CLASSIFIER_CODE = [
     "stages/train_classifier.py",
     "stages/classifier_training.py",
+    "stages/curves.py",
     "stages/classifier.py",
     "stages/kerascompat.py",
     "stages/download.py",

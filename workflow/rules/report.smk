@@ -70,6 +70,9 @@ rule report:
         SMILES_SUMMARY,
         CLASSIFIER_METRICS,
         CLASSIFIER_FIGURES_DIR,
+        "stages/focal_sweep.py",
+        FOCAL_SWEEP_METRICS,
+        FOCAL_SWEEP_FIGURES,
     output:
         REPORT_PDF,
     params:
@@ -82,4 +85,5 @@ rule report:
         f" --splits {SPLITS_DIR} --figures {FIGURES_DIR} --baselines {BASELINES_METRICS}"
         f" --smiles-data {SMILES_SUMMARY}"
         f" --classifier-metrics {CLASSIFIER_METRICS} --classifier-figures {CLASSIFIER_FIGURES_DIR}"
+        f" --focal-sweep {FOCAL_SWEEP_METRICS} --focal-sweep-figures {FOCAL_SWEEP_FIGURES}"
         f" --dvc-lock dvc.lock --out {REPORT_PDF} 2>&1 | tee {{log}}"
