@@ -360,13 +360,13 @@ def _summary(pdf: ReportPDF, content: ReportContent) -> None:
         pdf.ln(1)
 
 
-# Held-out accuracy the default profile is tuned to reach on a 2-core CPU. The paper profile's
-# goal is the original study's mean training IoU, reached on held-out persons.
+# Held-out accuracy goals of the default profile on a 2-core CPU. The paper profile's goal is
+# the original study's mean training IoU, reached on held-out persons.
 DEFAULT_PROFILE_GOALS = (("ap50", "AP@0.5", 0.99), ("mean_iou", "mean IoU", 0.88))
 
 
 def accuracy_goals_text(profile: str, heldout: dict, paper_train_mean_iou: float) -> str:
-    """Say whether the pooled held-out metrics reach the profile's accuracy goals ('' for other profiles)."""
+    """Return whether the pooled held-out metrics meet the profile's accuracy goals ('' for other profiles)."""
     if profile == "default":
         goals = DEFAULT_PROFILE_GOALS
     elif profile == "paper":
@@ -1054,9 +1054,11 @@ def read_focal_sweep_content(args: argparse.Namespace) -> FocalSweepContent | No
     if args.focal_sweep is None and args.focal_sweep_figures is None:
         return None
     if args.focal_sweep is None or args.focal_sweep_figures is None:
-        given, missing = (("--focal-sweep", "--focal-sweep-figures") if args.focal_sweep is not None
-                          else ("--focal-sweep-figures", "--focal-sweep"))
-        raise DataError(f"{given} needs {missing}: the focal-loss study section uses both")
+        if args.focal_sweep is not None:
+            present, absent = "--focal-sweep", "--focal-sweep-figures"
+        else:
+            present, absent = "--focal-sweep-figures", "--focal-sweep"
+        raise DataError(f"{present} is given without {absent}; the focal-loss study section needs both")
     metrics = read_json_object(args.focal_sweep, remedy="; run the focal_sweep stage first")
     check_summary_layout(metrics, str(args.focal_sweep))
     figures, missing = find_figures(args.focal_sweep_figures, focal_sweep_figure_captions(), FOCAL_SWEEP_FIGURE_ORDER)

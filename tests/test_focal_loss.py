@@ -60,7 +60,7 @@ def test_saturated_outputs_give_finite_loss_and_gradient(gamma, alpha):
     assert np.isfinite(gradient).all()
 
 
-def test_keras_retinanet_focal_gives_nan_gradient_where_ours_does_not():
+def test_upstream_focal_nan_at_saturation():
     # The reason for the project's own loss: d/dp (1 - p)^0.5 at p = 1 is infinite.
     from keras_retinanet import losses
 

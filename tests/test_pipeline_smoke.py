@@ -178,14 +178,14 @@ def test_dvc_experiment_trains_one_focal_setting(dvc_project):
     run(["git", *identity, "commit", "-q", "-m", "smoke run"], project)
     run([sys.executable, "-m", "dvc", "exp", "run", "--temp", "--name", "cross-entropy",
          "-S", "detector.focal.gamma=0", "-S", "detector.focal.alpha=0.5", "evaluate_detector"], project)
-    shown = json.loads(run([sys.executable, "-m", "dvc", "exp", "show", "--json"], project).stdout)
+    listing = json.loads(run([sys.executable, "-m", "dvc", "exp", "show", "--json"], project).stdout)
     experiments = {
         experiment["name"]: experiment
-        for commit in shown
+        for commit in listing
         for experiment in [*(commit.get("experiments") or [])]
         for experiment in experiment.get("revs", [])
     }
-    assert "cross-entropy" in experiments, shown
+    assert "cross-entropy" in experiments, listing
     params = experiments["cross-entropy"]["data"]["params"]["params.yaml"]["data"]["detector"]["focal"]
     assert params == {"gamma": 0, "alpha": 0.5}
     metrics = experiments["cross-entropy"]["data"]["metrics"]["reports/metrics/detector.json"]["data"]

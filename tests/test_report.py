@@ -615,7 +615,7 @@ def test_focal_sweep_options_go_together(tmp_path: Path, monkeypatch: pytest.Mon
 
     assert report.main(argv + extra[keep:keep + 2]) == 1
 
-    assert "the focal-loss study section uses both" in capsys.readouterr().err
+    assert "the focal-loss study section needs both" in capsys.readouterr().err
     assert not (tmp_path / "reports/report.pdf").exists()
 
 
