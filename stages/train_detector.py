@@ -32,7 +32,7 @@ from stages.atomic import atomic_directory
 from stages.cli import run_stage
 from stages.download import (MIRROR_ENV, file_digest, parse_sha256sums, resolve_mirror_root,
                              verify_checksum)
-from stages.errors import TrainingError
+from stages.errors import DataError, TrainingError
 from stages.params import add_params_arguments, load_params
 
 log = logging.getLogger(__name__)
@@ -196,6 +196,8 @@ def run(args: argparse.Namespace) -> None:
     """Train every fold with the settings and paths in ``args``."""
     mirror = resolve_mirror_root(args.mirror, os.environ)
     params = load_params(args.params, args.profile)
+    if not args.classes.is_file():
+        raise DataError(f"{args.classes}: file not found; run the convert stage first")
     if args.annotations is not None:
         train_final(args.annotations, args.classes, params["detector"], mirror, args.checkpoints, args.out, args.curves)
         return

@@ -209,3 +209,13 @@ def test_same_seed_gives_same_augmented_batches(tmp_path):
         batches.append(generator[0][0])
 
     np.testing.assert_array_equal(batches[0], batches[1])
+
+
+def test_missing_class_mapping_is_named_before_training(tmp_path, capsys):
+    splits = write_fold(tmp_path)
+    missing = tmp_path / "no-such-classes.csv"
+    argv = ["--splits", str(splits), "--classes", str(missing), "--out", str(tmp_path / "models"),
+            "--curves", str(tmp_path / "curves"), "--checkpoints", str(tmp_path / "checkpoints")]
+    assert train_detector.main(argv) == 1
+    assert f"{missing}: file not found" in capsys.readouterr().err
+    assert not (tmp_path / "checkpoints").exists()
