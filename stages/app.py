@@ -31,6 +31,14 @@ SIGTERM the video is closed and both files are renamed, so the video is playable
 killed with SIGKILL leaves only the partial files, and that video usually does not play because
 MP4 writes its index when it is closed. Exit status: 0 at the end of the stream, 130 after
 Ctrl-C, 143 after SIGTERM, 1 when the source cannot be opened or the models are missing.
+
+``emotivelens validate --format csv|voc|fddb|caltech PATH [--classes CSV] [--images DIR] [--strict]``
+reads an annotated dataset as the convert stage does and prints one line per problem,
+``FILE line N: case: value: action (explanation)``, then a table with the count per case and
+action, then what the convert stage would write (images, faces, images without faces). The
+cases and their actions (error, dropped, fixed) are listed in ``stages.importers``. Exit
+status: 1 when any problem is an error, or with ``--strict`` when any face or image would be
+dropped; 0 otherwise. It writes no files.
 """
 
 from __future__ import annotations
@@ -140,7 +148,32 @@ def build_parser() -> argparse.ArgumentParser:
                                help="stop after N frames (default: run to the end of the stream)")
     _add_model_arguments(stream_parser)
     stream_parser.set_defaults(handler=run_stream)
+
+    _add_validate_parser(commands)
     return parser
+
+
+def _add_validate_parser(commands) -> None:
+    from stages.convert import FORMATS
+
+    validate_parser = commands.add_parser(
+        "validate", help="check an annotated dataset", description=(
+            "Read a dataset as the convert stage does, print every problem with its file, line, value "
+            "and action, and count them. Exit status 1 if any problem is an error (or, with --strict, "
+            "if any face or image would be dropped)."))
+    validate_parser.add_argument("--format", dest="data_format", choices=FORMATS, required=True,
+                                 help="annotation format of PATH")
+    validate_parser.add_argument("path", type=Path, metavar="PATH",
+                                 help="annotation CSV (csv), XML folder (voc), fold-file folder (fddb) "
+                                      "or extracted archive folder (caltech)")
+    validate_parser.add_argument("--classes", type=Path, default=None, metavar="CSV",
+                                 help="class CSV (class_name,id) for csv and voc (default for csv: "
+                                      "classes.csv next to PATH; for voc: the object names found)")
+    validate_parser.add_argument("--images", type=Path, default=None, metavar="DIR",
+                                 help="image folder for voc (default: PATH) and fddb (required)")
+    validate_parser.add_argument("--strict", action="store_true",
+                                 help="also exit with status 1 when any face or image would be dropped")
+    validate_parser.set_defaults(handler=run_validate)
 
 
 def _exit_on_sigterm(signum, frame) -> None:
@@ -251,6 +284,53 @@ def run_predict(args: argparse.Namespace) -> int:
         print(f"{PROG} predict: {len(failures)} inputs failed: {listed}", file=sys.stderr)
         return 1
     return 0
+
+
+# --- validate --------------------------------------------------------------------------------
+
+
+def format_problem_table(problems) -> str:
+    """Format the count of problems per case and action as an aligned text table."""
+    from stages.importers import count_problems
+
+    counts = sorted(count_problems(problems).items())
+    rows = [("case", "action", "count")] + [(case, action, str(count)) for (case, action), count in counts]
+    case_width = max(len(row[0]) for row in rows)
+    action_width = max(len(row[1]) for row in rows)
+    return "\n".join(f"{case:<{case_width}}  {action:<{action_width}}  {count:>5}" for case, action, count in rows)
+
+
+def _problem_order(problem) -> tuple[str, int]:
+    # Orders "FILE line N" by file, then by line number as a number, so line 10 follows line 9.
+    file, _, line = problem.where.rpartition(" line ")
+    if file and line.isdigit():
+        return file, int(line)
+    return problem.where, 0
+
+
+def run_validate(args: argparse.Namespace) -> int:
+    """Print every problem of a dataset and their counts; return 1 on errors (or drops with --strict)."""
+    from stages.convert import read_dataset
+    from stages.importers import DROPPED, ERROR
+
+    dataset = read_dataset(args.data_format, args.path, args.classes, args.images)
+    for problem in sorted(dataset.problems, key=_problem_order):
+        print(problem.line())
+    if dataset.problems:
+        print()
+        print(format_problem_table(dataset.problems))
+    else:
+        print("no problems found")
+
+    faces = sum(len(image.faces) for image in dataset.images)
+    background = sum(not image.faces for image in dataset.images)
+    errors = sum(problem.action == ERROR for problem in dataset.problems)
+    dropped = sum(problem.action == DROPPED for problem in dataset.problems)
+    print(f"\nwould write {len(dataset.images)} of {len(dataset.listed)} images, {faces} faces, "
+          f"{background} images without faces; {errors} errors, {dropped} dropped")
+    if errors:
+        return 1
+    return 1 if args.strict and dropped else 0
 
 
 # --- stream ----------------------------------------------------------------------------------

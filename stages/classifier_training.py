@@ -190,7 +190,7 @@ def train_run(run: TrainingRun, images: np.ndarray, labels: np.ndarray, params: 
                  manager.latest_checkpoint)
     start_epoch = int(epoch_variable.numpy())
     epochs_path = work_dir / "epochs.csv"
-    truncate_curves(epochs_path, start_epoch)
+    truncate_curves(epochs_path, EPOCH_COLUMNS, start_epoch)
 
     run_labels = labels[run.rows]
     weights_by_label = class_weights(run_labels, params["class_weight"])

@@ -1,11 +1,18 @@
-"""Stage convert: turn ImageData.mat into the annotation CSV files of keras-retinanet.
+"""Stage convert: turn an annotated face dataset into the annotation CSV files of keras-retinanet.
 
-Input: the extracted archive. ``ImageData.mat`` contains ``SubDir_Data``, an 8 x 450 matrix
-whose column i (0-based) describes ``image_{i+1:04d}.jpg``. Its rows are the four corners of
-the face box in pixels, 0-based: ``x_bl y_bl x_tl y_tl x_tr y_tr x_br y_br`` (bottom-left,
-top-left, top-right, bottom-right). The box is x1 = min of the x values, y1 = min of the
-y values, x2 = max x and y2 = max y. On this data that equals top-left = rows 2, 3 and
-bottom-right = rows 6, 7.
+``--format`` picks the source (default ``caltech``). Every format is read into the table of
+``stages.importers`` and checked by the same policy, which that module documents case by case:
+
+- ``caltech``: the extracted archive folder. ``ImageData.mat`` contains ``SubDir_Data``, an
+  8 x 450 matrix whose column i (0-based) describes ``image_{i+1:04d}.jpg``. Its rows are the
+  four corners of the face box in pixels, 0-based: ``x_bl y_bl x_tl y_tl x_tr y_tr x_br y_br``
+  (bottom-left, top-left, top-right, bottom-right). The box is x1 = min of the x values,
+  y1 = min of the y values, x2 = max x and y2 = max y. On this data that equals
+  top-left = rows 2, 3 and bottom-right = rows 6, 7.
+- ``csv``: a keras-retinanet annotation CSV, with ``--classes`` (default: ``classes.csv`` next to it).
+- ``voc``: a folder of Pascal VOC XML files, with ``--images`` (default: the XML folder).
+- ``fddb``: a folder of ``FDDB-fold-NN.txt`` and ``FDDB-fold-NN-ellipseList.txt`` files, with
+  ``--images``, the folder that contains the FDDB ``2002/...`` and ``2003/...`` image folders.
 
 Rounding rule: x1 and y1 are rounded down (floor) and x2 and y2 up (ceil), which gives the
 smallest integer box that contains the annotated box. The box is then clipped to [0, width]
@@ -13,19 +20,22 @@ and [0, height] of the actual image, because keras-retinanet rejects boxes that 
 the image. For example, (10.2, 20.7, 30.1, 40.0) becomes (10, 20, 31, 40), and y1 = -0.71
 becomes -1 and is clipped to 0.
 
-Every image present is decoded in full and must be RGB. Annotated images that are missing
-from the folder are logged as a warning and counted in the summary, not treated as an error.
+Every image present is decoded in full. Missing and undecodable images are left out, logged
+as a counted warning, and counted in the summary. Errors (see ``stages.importers``) stop the
+stage with every error line listed, before any output is written.
 
 Outputs:
 
-- ``--out-csv``: ``path,x1,y1,x2,y2,class_name`` rows, no header, integer pixels, class
-  ``face``, paths relative to the CSV's folder (keras-retinanet resolves them from there);
-- ``--out-classes``: the single line ``face,0``;
+- ``--out-csv``: ``path,x1,y1,x2,y2,class_name`` rows, no header, integer pixels, paths
+  relative to the CSV's folder with ``/`` separators (keras-retinanet resolves them from
+  there), and ``path,,,,,`` for an image without faces;
+- ``--out-classes``: the class mapping, ``face,0`` for caltech and fddb;
 - ``--summary``: JSON with image and box counts and box sizes in pixels.
 
 Command line::
 
-    python -m stages.convert --params params.yaml [--profile P] --raw data/raw/caltech-faces-1999 \\
+    python -m stages.convert --params params.yaml [--profile P] [--format caltech|csv|voc|fddb] \\
+        --raw data/raw/caltech-faces-1999 [--classes CSV] [--images DIR] \\
         --out-csv data/interim/annotations.csv --out-classes data/interim/classes.csv \\
         --summary reports/metrics/data.json
 """
@@ -33,26 +43,21 @@ Command line::
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import json
 import logging
-import math
-import os
 import sys
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import scipy.io
-from PIL import Image
-from tqdm import tqdm
 
+from stages import importers
 from stages.atomic import write_text_atomic
 from stages.cli import run_stage
 from stages.errors import DataError
+from stages.importers import Dataset, ImageEntry, PendingImage, ProblemLog, RawBox, check_images
 from stages.params import add_params_arguments, load_params
 
 logger = logging.getLogger(__name__)
@@ -66,19 +71,7 @@ CLASS_NAME = "face"
 CLASS_ID = 0
 IMAGE_NAME_FORMAT = "image_{:04d}.jpg"
 IMAGE_GLOB = "image_*.jpg"
-REQUIRED_MODE = "RGB"
-
-
-@dataclass(frozen=True)
-class Annotation:
-    """One face box of one image, in integer pixels after rounding and clipping."""
-
-    image: str
-    x1: int
-    y1: int
-    x2: int
-    y2: int
-    clipped: bool
+FORMATS = ("caltech", "csv", "voc", "fddb")
 
 
 def image_name(number: int) -> str:
@@ -129,66 +122,6 @@ def corner_boxes(corners: np.ndarray) -> np.ndarray:
     return np.stack([xs.min(axis=0), ys.min(axis=0), xs.max(axis=0), ys.max(axis=0)], axis=1)
 
 
-def round_box(box: Sequence[float], width: int, height: int) -> tuple[tuple[int, int, int, int], bool]:
-    """Round a float box outward to integers and clip it to a ``width`` x ``height`` image.
-
-    Returns the box (x1, y1, x2, y2) and whether clipping changed it.
-    """
-    x1, y1, x2, y2 = box
-    rounded = (math.floor(x1), math.floor(y1), math.ceil(x2), math.ceil(y2))
-    clipped = (
-        min(max(rounded[0], 0), width),
-        min(max(rounded[1], 0), height),
-        min(max(rounded[2], 0), width),
-        min(max(rounded[3], 0), height),
-    )
-    return clipped, clipped != rounded
-
-
-def format_box(box: Sequence[float]) -> str:
-    """Format a box as ``x1=.. y1=.. x2=.. y2=..``, floats with up to 6 significant digits."""
-    return " ".join(f"{name}={value:.6g}" for name, value in zip(("x1", "y1", "x2", "y2"), box))
-
-
-def check_box(annotation: Annotation, width: int, height: int, source_box: Sequence[float], where: str) -> None:
-    """Raise DataError unless the box has positive area and lies inside the image.
-
-    ``source_box`` is the box before rounding and clipping, and ``where`` names its source
-    (the ImageData.mat column); both appear in the message.
-    """
-    box = format_box((annotation.x1, annotation.y1, annotation.x2, annotation.y2))
-    source = f"box {format_box(source_box)}"
-    if annotation.x2 <= annotation.x1 or annotation.y2 <= annotation.y1:
-        raise DataError(
-            f"{where}: {source} has no area after rounding and clipping to the {width}x{height} image ({box})"
-        )
-    if annotation.x1 < 0 or annotation.y1 < 0 or annotation.x2 > width or annotation.y2 > height:
-        raise DataError(f"{where}: {source} lies outside the {width}x{height} image ({box})")
-
-
-def pixels_outside(box: Sequence[float], width: int, height: int) -> float:
-    """Return how far, in pixels, the float box reaches past the image on its worst side (0 if inside)."""
-    x1, y1, x2, y2 = box
-    return float(max(0.0, -x1, -y1, x2 - width, y2 - height))
-
-
-def inspect_image(path: Path) -> tuple[int, int]:
-    """Decode the whole image and return its (width, height).
-
-    Raises DataError naming the file if it cannot be decoded, is truncated or is not RGB.
-    """
-    try:
-        with Image.open(path) as image:
-            image.load()
-            mode = image.mode
-            size = image.size
-    except (OSError, SyntaxError) as error:
-        raise DataError(f"{path}: image cannot be decoded (corrupt or truncated): {error}") from error
-    if mode != REQUIRED_MODE:
-        raise DataError(f"{path}: image mode is {mode!r}, expected {REQUIRED_MODE!r} with 3 channels")
-    return size
-
-
 def select_evenly(names: Sequence[str], count: int | None) -> list[str]:
     """Keep ``count`` of the sorted ``names``, spread evenly from the first to the last.
 
@@ -201,68 +134,67 @@ def select_evenly(names: Sequence[str], count: int | None) -> list[str]:
     return [names[position] for position in positions]
 
 
-def build_annotations(
-    boxes: dict[str, Sequence[float]], sizes: dict[str, tuple[int, int]], columns: dict[str, int], mat_source: str
-) -> list[Annotation]:
-    """Round, clip and check the box of each image, in the order of ``boxes``.
+def read_caltech(raw_dir: Path) -> Dataset:
+    """Read the extracted archive into the common annotation table, checked like every other format.
 
-    ``sizes`` maps each image to its (width, height) and ``columns`` to its 1-based column of
-    SubDir_Data in ``mat_source``, which error messages name. Logs a warning with the number
-    of boxes that clipping changed.
+    Each image gets the bounding box of its four corners, rounded outward and clipped to the image
+    by ``stages.importers.check_box``. Images without an annotation in ``ImageData.mat`` are logged
+    and skipped.
     """
-    annotations = []
-    worst_image, worst_outside = "", 0.0
-    for image, box in boxes.items():
-        width, height = sizes[image]
-        (x1, y1, x2, y2), clipped = round_box(box, width, height)
-        annotation = Annotation(image, x1, y1, x2, y2, clipped)
-        check_box(annotation, width, height, box, f"{mat_source} {MAT_VARIABLE} column {columns[image]} ({image})")
-        annotations.append(annotation)
-        outside = pixels_outside(box, width, height)
-        if outside > worst_outside:
-            worst_image, worst_outside = image, outside
+    mat_path = raw_dir / MAT_FILE
+    corners = read_corners(mat_path)
+    check_corners(corners, str(mat_path))
+    float_boxes = corner_boxes(corners)
+    annotated = [image_name(number) for number in range(1, corners.shape[1] + 1)]
 
-    clipped_count = sum(annotation.clipped for annotation in annotations)
-    if clipped_count:
+    unannotated = sorted({path.name for path in raw_dir.glob(IMAGE_GLOB)} - set(annotated))
+    if unannotated:
         logger.warning(
-            "%d of %d boxes reach past their image and were clipped to it (at most %.1f px, in %s)",
-            clipped_count, len(annotations), worst_outside, worst_image,
-        )  # fmt: skip
-    return annotations
+            "%d images in %s have no annotation and are skipped: %s", len(unannotated), raw_dir, ", ".join(unannotated)
+        )
+    pending = []
+    for column, name in enumerate(annotated):
+        where = f"{mat_path} {MAT_VARIABLE} column {column + 1}"
+        box = RawBox(tuple(float(value) for value in float_boxes[column]), CLASS_NAME, where)
+        pending.append(PendingImage(name, raw_dir / name, None, where, [box]))
+    if not any(item.path.is_file() for item in pending):
+        raise DataError(f"{raw_dir}: none of the {len(annotated)} annotated images is present")
+    return check_images(pending, {CLASS_NAME: CLASS_ID}, ProblemLog())
 
 
-def format_annotations_csv(annotations: Sequence[Annotation], image_prefix: str) -> str:
-    """Format keras-retinanet annotation rows; ``image_prefix`` is joined before each file name."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    for annotation in annotations:
-        path = f"{image_prefix}/{annotation.image}" if image_prefix else annotation.image
-        writer.writerow([path, annotation.x1, annotation.y1, annotation.x2, annotation.y2, CLASS_NAME])
-    return buffer.getvalue()
+def read_dataset(data_format: str, source: Path, classes: Path | None, images: Path | None) -> Dataset:
+    """Read ``source`` in ``data_format`` (one of FORMATS) into the common table, problems included."""
+    if data_format == "caltech":
+        return read_caltech(source)
+    if data_format == "csv":
+        return importers.read_csv(source, classes)
+    if data_format == "voc":
+        return importers.read_voc(source, images, classes)
+    if data_format == "fddb":
+        if images is None:
+            raise DataError(f"{source}: FDDB fold files need --images, the folder of the FDDB images")
+        return importers.read_fddb(source, images)
+    raise DataError(f"unknown dataset format {data_format!r}, expected one of {', '.join(FORMATS)}")
 
 
 def _size_statistics(values: Sequence[int]) -> dict[str, float]:
     return {"min": int(min(values)), "mean": round(float(np.mean(values)), 2), "max": int(max(values))}
 
 
-def summarize(
-    annotated: Sequence[str],
-    missing: Sequence[str],
-    sizes: dict[str, tuple[int, int]],
-    annotations: Sequence[Annotation],
-) -> dict:
+def summarize(dataset: Dataset, used: Sequence[ImageEntry]) -> dict:
     """Return the data summary: image counts, box counts and box sizes in pixels after clipping."""
-    size_counts = Counter(sizes[annotation.image] for annotation in annotations)
-    widths = [annotation.x2 - annotation.x1 for annotation in annotations]
-    heights = [annotation.y2 - annotation.y1 for annotation in annotations]
+    faces = [face for image in used for face in image.faces]
+    size_counts = Counter((image.width, image.height) for image in used)
+    widths = [face.x2 - face.x1 for face in faces]
+    heights = [face.y2 - face.y1 for face in faces]
     return {
-        "images_annotated": len(annotated),
-        "images_present": len(annotated) - len(missing),
-        "images_missing": len(missing),
-        "missing_images": list(missing),
-        "images_used": len({annotation.image for annotation in annotations}),
-        "boxes": len(annotations),
-        "boxes_clipped": sum(annotation.clipped for annotation in annotations),
+        "images_annotated": len(dataset.listed),
+        "images_present": len(dataset.listed) - len(dataset.missing),
+        "images_missing": len(dataset.missing),
+        "missing_images": list(dataset.missing),
+        "images_used": len(used),
+        "boxes": len(faces),
+        "boxes_clipped": sum(face.clipped for face in faces),
         "image_sizes": [
             {"width": width, "height": height, "images": count}
             for (width, height), count in sorted(size_counts.items())
@@ -272,51 +204,55 @@ def summarize(
     }
 
 
+def select_images(dataset: Dataset, max_images: int | None) -> list[ImageEntry]:
+    """Keep ``max_images`` of the dataset's images, spread evenly over their order (see select_evenly)."""
+    by_key = {image.key: image for image in dataset.images}
+    return [by_key[key] for key in select_evenly(list(by_key), max_images)]
+
+
+def convert(dataset: Dataset, out_csv: Path, max_images: int | None) -> tuple[str, str, dict]:
+    """Log the dataset's problems, fail on errors, and return the annotation CSV, class CSV and summary."""
+    importers.log_problems(dataset.problems)
+    importers.raise_on_errors(dataset)
+    if not dataset.images:
+        raise DataError(f"none of the {len(dataset.listed)} annotated images is present and readable")
+    used = select_images(dataset, max_images)
+    annotations_csv = importers.format_annotations_csv(used, out_csv.parent)
+    return annotations_csv, importers.format_classes_csv(dataset.classes), summarize(dataset, used)
+
+
 def convert_dataset(raw_dir: Path, out_csv: Path, max_images: int | None) -> tuple[str, dict]:
-    """Read and check the extracted archive; return the annotation CSV text and the summary."""
-    mat_path = raw_dir / MAT_FILE
-    corners = read_corners(mat_path)
-    check_corners(corners, str(mat_path))
-    float_boxes = corner_boxes(corners)
-    annotated = [image_name(number) for number in range(1, corners.shape[1] + 1)]
-
-    present = [name for name in annotated if (raw_dir / name).is_file()]
-    missing = sorted(set(annotated) - set(present))
-    if missing:
-        logger.warning("%d annotated images are missing from %s: %s", len(missing), raw_dir, ", ".join(missing))
-    unannotated = sorted({path.name for path in raw_dir.glob(IMAGE_GLOB)} - set(annotated))
-    if unannotated:
-        logger.warning(
-            "%d images in %s have no annotation and are skipped: %s", len(unannotated), raw_dir, ", ".join(unannotated)
-        )
-    if not present:
-        raise DataError(f"{raw_dir}: none of the {len(annotated)} annotated images is present")
-
-    sizes = {}
-    # The context manager closes the bar before an error propagates, so the error message is printed last.
-    with tqdm(present, desc="check images", unit="image") as bar:
-        for name in bar:
-            sizes[name] = inspect_image(raw_dir / name)
-    used = select_evenly(present, max_images)
-    column_of = {name: column for column, name in enumerate(annotated)}
-    boxes = {name: float_boxes[column_of[name]] for name in used}
-    columns = {name: column_of[name] + 1 for name in used}
-    annotations = build_annotations(boxes, sizes, columns, str(mat_path))
-
-    image_prefix = Path(os.path.relpath(raw_dir, out_csv.parent)).as_posix()
-    summary = summarize(annotated, missing, sizes, annotations)
-    return format_annotations_csv(annotations, image_prefix), summary
+    """Read and check the extracted Caltech archive; return the annotation CSV text and the summary."""
+    annotations_csv, _, summary = convert(read_caltech(raw_dir), out_csv, max_images)
+    return annotations_csv, summary
 
 
 def build_parser() -> argparse.ArgumentParser:
     """Build the command-line parser of the convert stage."""
     parser = argparse.ArgumentParser(
         prog="python -m stages.convert",
-        description="Convert ImageData.mat into keras-retinanet annotation and class CSV files.",
+        description="Convert an annotated face dataset into keras-retinanet annotation and class CSV files.",
     )
     add_params_arguments(parser)
     parser.add_argument(
-        "--raw", type=Path, required=True, help="folder of the extracted archive (ImageData.mat and images)"
+        "--format", dest="data_format", choices=FORMATS, default="caltech",
+        help="annotation format of --raw (default: %(default)s): caltech is the extracted archive folder, "
+        "csv a keras-retinanet annotation CSV, voc a folder of Pascal VOC XML files, fddb a folder of "
+        "FDDB-fold-NN.txt and FDDB-fold-NN-ellipseList.txt files",
+    )
+    parser.add_argument(
+        "--raw", type=Path, required=True,
+        help="the dataset: the extracted archive folder (caltech), annotation CSV (csv), XML folder (voc) "
+        "or fold-file folder (fddb)",
+    )
+    parser.add_argument(
+        "--classes", type=Path, default=None,
+        help="class CSV (class_name,id) for csv and voc (default for csv: classes.csv next to the CSV; "
+        "for voc: the object names found, sorted)",
+    )
+    parser.add_argument(
+        "--images", type=Path, default=None,
+        help="image folder for voc (default: the XML folder) and fddb (required); image paths are relative to it",
     )
     parser.add_argument(
         "--out-csv", type=Path, required=True, help="annotation CSV to write (path,x1,y1,x2,y2,class_name)"
@@ -329,10 +265,11 @@ def build_parser() -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> None:
     """Run the convert stage with parsed command-line arguments."""
     params = load_params(args.params, args.profile)["convert"]
-    annotations_csv, summary = convert_dataset(args.raw, args.out_csv, params["max_images"])
+    dataset = read_dataset(args.data_format, args.raw, args.classes, args.images)
+    annotations_csv, classes_csv, summary = convert(dataset, args.out_csv, params["max_images"])
 
     write_text_atomic(args.out_csv, annotations_csv)
-    write_text_atomic(args.out_classes, f"{CLASS_NAME},{CLASS_ID}\n")
+    write_text_atomic(args.out_classes, classes_csv)
     write_text_atomic(args.summary, json.dumps(summary, indent=2) + "\n")
     logger.info(
         "wrote %d boxes of %d images to %s (%d of %d images present, %d boxes clipped to the image)",

@@ -96,6 +96,10 @@ def focal_loss(alpha: float, gamma: float, epsilon: float = PROBABILITY_EPSILON)
     of (1 - p)^gamma at a saturated output p = 1 is NaN for gamma below 1, which stops training
     with gamma 0 (alpha-weighted cross-entropy) or 0.5.
     """
+    # YAML reads "alpha: 1" as an int, and tf.where cannot mix an int32 branch with float32 ones.
+    alpha = float(alpha)
+    gamma = float(gamma)
+
     def _focal(y_true, y_pred):
         labels = y_true[:, :, :-1]
         anchor_state = y_true[:, :, -1]

@@ -193,8 +193,8 @@ def train_fold(fold: FoldData, classes_csv: Path, params: dict, weights_path: Pa
                  manager.latest_checkpoint)
     start_epoch = int(epoch_variable.numpy())
     steps_path, epochs_path = work_dir / "steps.csv", work_dir / "epochs.csv"
-    truncate_curves(steps_path, start_epoch)
-    truncate_curves(epochs_path, start_epoch)
+    truncate_curves(steps_path, STEP_COLUMNS, start_epoch)
+    truncate_curves(epochs_path, EPOCH_COLUMNS, start_epoch)
 
     log.info("fold %d: %d training images, %d epochs of %d steps, batch %d, %s weights", fold.index, fold.images,
              params["epochs"], steps_per_epoch, params["batch_size"],

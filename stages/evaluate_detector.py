@@ -145,15 +145,23 @@ def _parse_coordinate(csv_path: Path, line: int, name: str, text: str) -> float:
 
 
 def _parse_annotation_row(csv_path: Path, line: int, fields: list[str]) -> dict[str, Any]:
+    """Parse one row. A background row ``path,,,,,`` gets NaN coordinates."""
     if len(fields) != 6:
         raise DataError(f"{csv_path}: line {line}: expected 6 fields 'path,x1,y1,x2,y2,class_name', got {len(fields)}")
     raw_path, *coordinates, class_name = (field.strip() for field in fields)
     if not raw_path:
         raise DataError(f"{csv_path}: line {line}: empty image path")
+    image_path = csv_path.parent / raw_path
+    if not image_path.is_file():
+        raise DataError(f"{csv_path}: line {line}: image file {image_path} not found")
+    row = {"image": PurePath(raw_path).name, "path": str(image_path)}
+
+    if not any(coordinates) and not class_name:
+        return {**row, **dict.fromkeys(BOX_COLUMNS, math.nan)}
     if not all(coordinates) or not class_name:
         raise DataError(
-            f"{csv_path}: line {line}: missing box or class name for {raw_path}; "
-            "the evaluation expects one face box per image"
+            f"{csv_path}: line {line}: missing box or class name for {raw_path}; expected "
+            "'path,x1,y1,x2,y2,class_name', or 'path,,,,,' for an image without faces"
         )
 
     x1, y1, x2, y2 = (_parse_coordinate(csv_path, line, name, text) for name, text in zip(BOX_COLUMNS, coordinates))
@@ -161,41 +169,69 @@ def _parse_annotation_row(csv_path: Path, line: int, fields: list[str]) -> dict[
         raise DataError(f"{csv_path}: line {line}: x2 ({x2:g}) must be higher than x1 ({x1:g})")
     if y2 <= y1:
         raise DataError(f"{csv_path}: line {line}: y2 ({y2:g}) must be higher than y1 ({y1:g})")
-
-    image_path = csv_path.parent / raw_path
-    if not image_path.is_file():
-        raise DataError(f"{csv_path}: line {line}: image file {image_path} not found")
-    return {"image": PurePath(raw_path).name, "path": str(image_path), "x1": x1, "y1": y1, "x2": x2, "y2": y2}
+    return {**row, "x1": x1, "y1": y1, "x2": x2, "y2": y2}
 
 
-def read_annotations(csv_path: Path) -> pd.DataFrame:
-    """Read a keras-retinanet annotation CSV with one face box per image.
+def _check_row_of_image(csv_path: Path, line: int, row: dict[str, Any], earlier: dict[str, tuple[int, bool]],
+                        one_face_per_image: bool) -> None:
+    """Raise DataError for a row that adds to an image listed before, unless that is a further face.
+
+    ``earlier`` maps image name -> (first line, whether that line was a background row).
+    """
+    image = row["image"]
+    is_background = math.isnan(row["x1"])
+    if image not in earlier:
+        if is_background and one_face_per_image:
+            raise DataError(
+                f"{csv_path}: line {line}: background row (no face) for image {image}; this stage "
+                "expects one face box per image"
+            )
+        earlier[image] = (line, is_background)
+        return
+    first_line, first_is_background = earlier[image]
+    if one_face_per_image:
+        raise DataError(
+            f"{csv_path}: line {line}: second box for image {image} (first on line {first_line}); "
+            "this stage expects one face box per image"
+        )
+    if is_background or first_is_background:
+        raise DataError(
+            f"{csv_path}: line {line}: image {image} is listed as a background row (no face) and "
+            f"with a face box (first on line {first_line}); list it either way, not both"
+        )
+
+
+def read_annotations(csv_path: Path, one_face_per_image: bool = True) -> pd.DataFrame:
+    """Read a keras-retinanet annotation CSV.
 
     The file has no header and rows ``path,x1,y1,x2,y2,class_name``, with paths relative to
-    the CSV's folder. Returns columns image (the file name), path (resolved against the CSV's
-    folder) and x1, y1, x2, y2 in pixels, in file order.
+    the CSV's folder. An image with several faces has one row per face. A background row
+    ``path,,,,,`` lists an image without faces. Returns columns image (the file name), path
+    (resolved against the CSV's folder) and x1, y1, x2, y2 in pixels, one row per face in file
+    order. A background image has one row with NaN coordinates.
+
+    Args:
+        csv_path: the annotation CSV.
+        one_face_per_image: reject background rows and second boxes, for callers whose
+            metrics assume one face per image.
 
     Raises:
-        DataError: naming the file and line of a malformed row, a missing image
-            file, or a second box for the same image.
+        DataError: naming the file and line of a malformed row, a missing image file, an
+            image listed both as background and with a face, or (with ``one_face_per_image``)
+            a background row or a second box for the same image.
     """
     if not csv_path.is_file():
         raise DataError(f"{csv_path}: file not found; run the split stage first")
 
     rows: list[dict[str, Any]] = []
-    first_line: dict[str, int] = {}
+    earlier: dict[str, tuple[int, bool]] = {}
     with csv_path.open(newline="", encoding="utf-8") as handle:
         reader = csv.reader(handle)
         for fields in reader:
             if not fields or all(not field.strip() for field in fields):
                 continue
             row = _parse_annotation_row(csv_path, reader.line_num, fields)
-            if row["image"] in first_line:
-                raise DataError(
-                    f"{csv_path}: line {reader.line_num}: second box for image {row['image']} (first on line "
-                    f"{first_line[row['image']]}); the evaluation expects one face per image"
-                )
-            first_line[row["image"]] = reader.line_num
+            _check_row_of_image(csv_path, reader.line_num, row, earlier, one_face_per_image)
             rows.append(row)
     return pd.DataFrame(rows, columns=["image", "path", *BOX_COLUMNS])
 
@@ -232,28 +268,30 @@ def check_fold_parts(fold: int, parts: Mapping[str, pd.DataFrame], folds_table: 
         )
 
     listed = int((folds_table["fold"] == fold).sum())
-    if listed != len(parts["heldout"]):
+    if listed != parts["heldout"]["image"].nunique():
         logger.warning(
             "fold %d: %s lists %d images for this fold but test.csv has %d",
-            fold, folds_csv, listed, len(parts["heldout"]),
+            fold, folds_csv, listed, parts["heldout"]["image"].nunique(),
         )  # fmt: skip
 
 
-def read_split_annotations(splits_dir: Path, folds_table: pd.DataFrame) -> pd.DataFrame:
-    """Read and check every fold's test.csv and train.csv into one table.
+def read_split_annotations(splits_dir: Path, folds_table: pd.DataFrame, one_face_per_image: bool = True) -> pd.DataFrame:
+    """Read and check every fold's test.csv and train.csv into one table (see ``read_annotations``).
 
-    Returns columns fold, part ("heldout" or "train"), image, person, path, x1, y1, x2, y2.
+    Returns columns fold, part ("heldout" or "train"), image, person, path, x1, y1, x2, y2 and
+    source (the CSV file), one row per face and one row with NaN coordinates per background image.
     """
     person_of_image = dict(zip(folds_table["image"], folds_table["person"]))
     frames = []
     for fold in sorted(int(fold) for fold in folds_table["fold"].unique()):
-        parts = {part: read_annotations(splits_dir / f"fold{fold}" / name) for part, name in PART_FILES.items()}
+        paths = {part: splits_dir / f"fold{fold}" / name for part, name in PART_FILES.items()}
+        parts = {part: read_annotations(path, one_face_per_image) for part, path in paths.items()}
         check_fold_parts(fold, parts, folds_table, splits_dir)
         for part, annotations in parts.items():
-            frame = annotations.assign(fold=fold, part=part)
+            frame = annotations.assign(fold=fold, part=part, source=str(paths[part]))
             frame["person"] = frame["image"].map(person_of_image)
             frames.append(frame)
-    columns = ["fold", "part", "image", "person", "path", *BOX_COLUMNS]
+    columns = ["fold", "part", "image", "person", "path", *BOX_COLUMNS, "source"]
     return pd.concat(frames, ignore_index=True)[columns]
 
 
@@ -418,8 +456,10 @@ def predict_images(
     images: list[str] = []
     box_arrays = [np.zeros((0, 4), dtype=np.float32)]
     score_arrays = [np.zeros(0, dtype=np.float32)]
-    rows = zip(annotations["image"], annotations["path"])
-    for image, path in tqdm(rows, total=len(annotations), desc=description, unit="image"):
+    # An image with several faces has several annotation rows but is predicted once.
+    images_to_predict = annotations.drop_duplicates("image")
+    rows = zip(images_to_predict["image"], images_to_predict["path"])
+    for image, path in tqdm(rows, total=len(images_to_predict), desc=description, unit="image"):
         start = time.perf_counter()
         raw_boxes, raw_scores = predict(Path(path))
         if seconds is not None:
@@ -491,8 +531,14 @@ def _image_keys(table: pd.DataFrame) -> list[tuple[int, str, str]]:
 
 
 def _ground_truth(annotations: pd.DataFrame) -> dict[tuple[int, str, str], np.ndarray]:
+    """Group the face boxes by image: key -> (G, 4) boxes in row order, and a background image gets (0, 4)."""
+    truth: dict[tuple[int, str, str], list[np.ndarray]] = {}
     boxes = annotations[BOX_COLUMNS].to_numpy(dtype=np.float64)
-    return dict(zip(_image_keys(annotations), boxes))
+    for key, box in zip(_image_keys(annotations), boxes):
+        faces = truth.setdefault(key, [])
+        if not np.isnan(box).any():
+            faces.append(box)
+    return {key: np.reshape(np.asarray(faces, dtype=np.float64), (-1, 4)) for key, faces in truth.items()}
 
 
 def _detections(predictions: pd.DataFrame) -> metrics.Detections:
@@ -506,7 +552,7 @@ def _detections(predictions: pd.DataFrame) -> metrics.Detections:
 def summarize_images(
     annotations: pd.DataFrame, predictions: pd.DataFrame, evaluate_params: Mapping[str, Any]
 ) -> dict[str, Any]:
-    """Compute ``metrics.summarize_fold`` for the images in ``annotations``.
+    """Compute ``metrics.summarize_fold`` for the images in ``annotations``, background images included.
 
     Both tables need a fold and a part column, so that one image evaluated by several
     fold models counts once per model.
@@ -561,27 +607,43 @@ def build_metrics_report(
     for fold in folds:
         block: dict[str, Any] = {}
         for part in PARTS:
-            summary = summarize_images(
-                _rows_of(annotations, part, fold), _rows_of(predictions, part, fold), evaluate_params
-            )
-            if summary["images"] == 0:
-                logger.warning("fold %d %s: no images, so its metrics are null", fold, part)
+            rows = _rows_of(annotations, part, fold)
+            summary = summarize_images(rows, _rows_of(predictions, part, fold), evaluate_params)
+            _log_undefined_metrics(f"fold {fold} {part}", rows, summary)
             block[part] = summary
             fold_summaries[part].append(summary)
 
         heldout = _rows_of(annotations, "heldout", fold)
         block["test_persons"] = sorted(heldout["person"].unique().tolist())
-        block["test_images"] = len(heldout)
+        block["test_images"] = int(heldout["image"].nunique())
         fold_blocks[f"fold{fold}"] = block
 
     report: dict[str, Any] = {"folds": fold_blocks}
     for part in PARTS:
-        pooled = summarize_images(_rows_of(annotations, part), _rows_of(predictions, part), evaluate_params)
-        if pooled["images"] == 0:
-            logger.warning("%s: no images in any fold, so the pooled metrics are null", part)
+        rows = _rows_of(annotations, part)
+        pooled = summarize_images(rows, _rows_of(predictions, part), evaluate_params)
+        _log_undefined_metrics(f"{part} (all folds)", rows, pooled)
         pooled["across_folds"] = across_folds(fold_summaries[part], part)
         report[part] = pooled
     return report
+
+
+def _log_undefined_metrics(name: str, rows: pd.DataFrame, summary: Mapping[str, Any]) -> None:
+    """Log why a summary's metrics are null, naming the annotation files, and count background images."""
+    files = ", ".join(sorted(rows["source"].unique())) if "source" in rows.columns else "its annotation file"
+    if summary["images"] == 0:
+        logger.warning("%s: no images in %s, so its metrics are null", name, files)
+    elif summary["faces"] == 0:
+        logger.warning(
+            "%s: none of its %d images in %s has a face box, so IoU, AP, AP50:95 and recall are null "
+            "(reported as null_reason in the metrics JSON)", name, summary["images"], files,
+        )  # fmt: skip
+    if summary["background_images"]:
+        logger.info(
+            "%s: %d of %d images are background images without faces. Their detections count as false "
+            "positives for AP, and the images do not enter the IoU statistics",
+            name, summary["background_images"], summary["images"],
+        )  # fmt: skip
 
 
 def dataset_block(annotations: pd.DataFrame, folds: Sequence[int], data_summary: Mapping[str, Any]) -> dict[str, Any]:
@@ -589,6 +651,8 @@ def dataset_block(annotations: pd.DataFrame, folds: Sequence[int], data_summary:
     heldout = _rows_of(annotations, "heldout")
     return {
         "images": int(heldout["image"].nunique()),
+        "faces": int(heldout["x1"].notna().sum()),
+        "background_images": int(heldout.loc[heldout["x1"].isna(), "image"].nunique()),
         "images_annotated": data_summary["images_annotated"],
         "images_missing": data_summary["images_missing"],
         "folds": len(folds),
@@ -600,21 +664,25 @@ def dataset_block(annotations: pd.DataFrame, folds: Sequence[int], data_summary:
 def per_image_table(
     annotations: pd.DataFrame, predictions: pd.DataFrame, iou_score_threshold: float
 ) -> pd.DataFrame:
-    """List each evaluated image with its best-matching detection (score >= ``iou_score_threshold``).
+    """List each evaluated face with its best-matching detection (score >= ``iou_score_threshold``).
 
-    Returns PER_IMAGE_COLUMNS in the order of ``annotations``. Images without such a
+    Returns PER_IMAGE_COLUMNS, one row per face in the order of ``annotations``, so an image
+    with several faces has several rows and a background image has none. Faces without such a
     detection get IoU 0 and empty score and pred_* cells.
     """
     predictions = predictions.reset_index(drop=True)
-    matches = metrics.best_match_per_image(_ground_truth(annotations), _detections(predictions), iou_score_threshold)
-    match_rows = [row for row, _ in matches.values()]
-    matched = predictions.reindex([-1 if row is None else row for row in match_rows])
+    matches = metrics.best_match_per_face(_ground_truth(annotations), _detections(predictions), iou_score_threshold)
+    faces = annotations[annotations["x1"].notna()].reset_index(drop=True)
+    # _ground_truth keeps each image's faces in row order, so this is each face's index in its image.
+    face_index = faces.groupby(["fold", "part", "image"], sort=False).cumcount()
+    face_matches = [matches[(key, int(index))] for key, index in zip(_image_keys(faces), face_index)]
+    matched = predictions.reindex([-1 if row is None else row for row, _ in face_matches])
 
-    table = annotations[["fold", "part", "image", "person"]].reset_index(drop=True)
-    table["iou"] = [iou for _, iou in matches.values()]
+    table = faces[["fold", "part", "image", "person"]].copy()
+    table["iou"] = [iou for _, iou in face_matches]
     table["score"] = matched["score"].to_numpy()
     for name in BOX_COLUMNS:
-        table[f"gt_{name}"] = annotations[name].to_numpy()
+        table[f"gt_{name}"] = faces[name].to_numpy()
     for name in BOX_COLUMNS:
         table[f"pred_{name}"] = matched[name].to_numpy()
     return table[PER_IMAGE_COLUMNS]
@@ -632,15 +700,14 @@ def pr_curve_table(
 ) -> pd.DataFrame:
     """Compute each fold's precision-recall curve per part at IoU 0.5, thinned by ``curve_point_indices``.
 
-    Returns PR_CURVE_COLUMNS. A part without images or detections has no rows.
+    Returns PR_CURVE_COLUMNS. A part without face boxes or without detections has no rows.
     """
     frames = []
     for fold in folds:
         for part in PARTS:
-            faces = _ground_truth(_rows_of(annotations, part, fold))
-            if not faces:
+            truth = _ground_truth(_rows_of(annotations, part, fold))
+            if not any(len(boxes) for boxes in truth.values()):
                 continue
-            truth = {key: box[np.newaxis, :] for key, box in faces.items()}
             ranked = _detections(_rows_of(predictions, part, fold)).with_min_score(ap_score_threshold)
             recall, precision, scores = metrics.precision_recall_curve(ranked, truth, metrics.VOC_IOU_THRESHOLD)
             keep = curve_point_indices(len(recall))
@@ -692,6 +759,10 @@ def _check_object(value: Any, source: str, key: str) -> dict:
 
 def _check_part_metrics(part: Any, source: str, key: str) -> None:
     for name, value in _check_object(part, source, key).items():
+        if name == "null_reason":
+            if value is not None and not isinstance(value, str):
+                raise DataError(f"{source}: {key}.null_reason is {json.dumps(value)}, expected a string or null")
+            continue
         if name != "across_folds":
             _check_number(value, source, f"{key}.{name}")
             continue
@@ -706,6 +777,7 @@ def check_metrics_layout(report: Any, source: str) -> None:
     The report must be a JSON object. ``heldout``, ``train``, ``folds``, each ``folds.fold<k>``
     and its ``heldout`` and ``train`` must be objects or null, and their metrics numbers or
     null. Null stands for a value that could not be computed, which readers show as n/a.
+    A part's ``null_reason`` is a string that gives the reason, or null.
     """
     if not isinstance(report, dict):
         raise DataError(f"{source}: expected a JSON object, found {type(report).__name__}")
@@ -751,7 +823,7 @@ def run(args: argparse.Namespace, load_predictor: PredictorLoader | None) -> Non
     check_evaluate_params(evaluate_params, source=str(args.params))
 
     folds_table = read_folds_table(args.splits / "folds.csv")
-    annotations = read_split_annotations(args.splits, folds_table)
+    annotations = read_split_annotations(args.splits, folds_table, one_face_per_image=False)
     data_summary = read_data_summary(args.data_summary)
     folds = sorted(int(fold) for fold in folds_table["fold"].unique())
     if load_predictor is None:
@@ -782,8 +854,9 @@ def run(args: argparse.Namespace, load_predictor: PredictorLoader | None) -> Non
 
     heldout = report["heldout"]
     logger.info(
-        "held-out images: %d, mean IoU %s, AP50 %s, AP50:95 %s; wrote %s",
-        heldout["images"], heldout["mean_iou"], heldout["ap50"], heldout["ap50_95"], args.metrics,
+        "held-out images: %d (%d faces, %d background images), mean IoU %s, AP50 %s, AP50:95 %s; wrote %s",
+        heldout["images"], heldout["faces"], heldout["background_images"], heldout["mean_iou"], heldout["ap50"],
+        heldout["ap50_95"], args.metrics,
     )  # fmt: skip
 
 

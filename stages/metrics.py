@@ -432,55 +432,109 @@ def best_match_per_image(
     return matches
 
 
+def best_match_per_face(
+    gt_boxes: GroundTruth, detections: Detections, min_score: float
+) -> dict[tuple[Hashable, int], tuple[int | None, float]]:
+    """Find, for each ground-truth box, the detection of its image with score >= ``min_score`` that overlaps it most.
+
+    This extends ``best_match_per_image`` to images with any number of faces. Each face is
+    matched on its own, so two faces may share one detection. An image without faces adds no entry.
+
+    Args:
+        gt_boxes: image id -> (G, 4) ground-truth boxes in pixels, G >= 0.
+        detections: detections of these images.
+        min_score: detections below this score are ignored.
+
+    Returns:
+        (image id, index of the box within its image) -> (row index into ``detections`` or
+        None, IoU), in the order of ``gt_boxes``. A face without a detection at or above
+        ``min_score`` gets ``(None, 0.0)``.
+
+    Raises:
+        ValueError: for a detection on an image missing from ``gt_boxes``, or an invalid box.
+    """
+    truth = _ground_truth_boxes(gt_boxes)
+    by_image = detections.indices_by_image()
+    unknown = [image_id for image_id in by_image if image_id not in truth]
+    if unknown:
+        raise ValueError(f"detections on image {unknown[0]!r}, which has no entry in the ground truth")
+
+    matches: dict[tuple[Hashable, int], tuple[int | None, float]] = {}
+    for image_id, boxes in truth.items():
+        indices = by_image.get(image_id, np.zeros(0, dtype=np.intp))
+        indices = indices[detections.scores[indices] >= min_score]
+        for face, box in enumerate(boxes):
+            position, iou = best_match(box, detections.boxes[indices])
+            matches[(image_id, face)] = (None if position is None else int(indices[position]), iou)
+    return matches
+
+
 SUMMARY_KEYS = ("mean_iou", "min_iou", "max_iou", "median_iou", "ap50", "ap50_95", "recall50")
 
 
+def _boxes_per_image(gt_boxes: Mapping[Hashable, ArrayLike]) -> dict[Hashable, NDArray[np.float64]]:
+    """Turn image id -> (4,) box or (G, 4) boxes into image id -> (G, 4) boxes."""
+    return {
+        image_id: as_boxes(np.asarray(boxes, dtype=np.float64).reshape(-1, 4), f"ground truth of image {image_id!r}")
+        for image_id, boxes in gt_boxes.items()
+    }
+
+
 def summarize_fold(
-    gt_box_per_image: Mapping[Hashable, ArrayLike],
+    gt_boxes: Mapping[Hashable, ArrayLike],
     detections: Detections,
     iou_score_threshold: float,
     ap_score_threshold: float,
-) -> dict[str, float | int | None]:
-    """Compute the detection metrics of a set of images with one face each.
+) -> dict[str, float | int | str | None]:
+    """Compute the detection metrics of a set of images.
 
-    - ``mean_iou``, ``min_iou``, ``max_iou``, ``median_iou``: statistics of the per-image
-      best-match IoU (``best_match_iou``) over detections with score >= ``iou_score_threshold``;
-      an image without such a detection scores 0.
+    - ``mean_iou``, ``min_iou``, ``max_iou``, ``median_iou``: statistics of the best-match IoU of
+      each face (``best_match_per_face``) over detections with score >= ``iou_score_threshold``;
+      a face without such a detection scores 0. With one face per image this is the per-image
+      IoU of the original study. Images without faces do not enter these statistics.
     - ``ap50``: VOC all-point AP at IoU 0.5 (``ap_at``) over detections with score >=
-      ``ap_score_threshold``.
+      ``ap_score_threshold``. Every detection on an image without faces is a false positive.
     - ``ap50_95``: mean AP over IoU 0.50:0.05:0.95 (``coco_ap``) over the same detections.
     - ``recall50``: share of faces matched at IoU 0.5 (``recall_at``) by the same detections.
-    - ``images``: number of images.
+    - ``images``, ``faces``, ``background_images``: numbers of images, of face boxes, and of
+      images without a face (background images).
+    - ``null_reason``: why the metrics are None, or None when they are defined.
 
     Args:
-        gt_box_per_image: image id -> (4,) ground-truth box in pixels.
+        gt_boxes: image id -> ground-truth boxes in pixels, as a (4,) box (one face), a (G, 4)
+            array (G faces) or an empty array (no face).
         detections: detections of these images, on any scale of score.
-        iou_score_threshold: minimum score of a detection for the per-image IoU.
+        iou_score_threshold: minimum score of a detection for the per-face IoU.
         ap_score_threshold: minimum score of a detection for AP and recall.
 
     Returns:
-        The dict above. With no images every metric is None and ``images`` is 0, so
-        that no mean of zero values is taken.
+        The dict above. Without any face box every metric is None, because no mean of zero
+        values is taken and recall (and so AP) divides by the number of faces.
     """
-    if not gt_box_per_image:
-        return {**{key: None for key in SUMMARY_KEYS}, "images": 0}
-
-    matches = best_match_per_image(gt_box_per_image, detections, iou_score_threshold)
-    ious = np.array([iou for _, iou in matches.values()], dtype=np.float64)
-
-    gt_boxes = {
-        image_id: np.reshape(np.asarray(box, dtype=np.float64), (1, 4)) for image_id, box in gt_box_per_image.items()
+    truth = _boxes_per_image(gt_boxes)
+    faces = sum(len(boxes) for boxes in truth.values())
+    counts = {
+        "images": len(truth),
+        "faces": faces,
+        "background_images": sum(len(boxes) == 0 for boxes in truth.values()),
     }
+    if faces == 0:
+        reason = "no images" if not truth else "no face boxes in these images, so IoU, AP and recall are undefined"
+        return {**{key: None for key in SUMMARY_KEYS}, **counts, "null_reason": reason}
+
+    matches = best_match_per_face(truth, detections, iou_score_threshold)
+    ious = np.array([iou for _, iou in matches.values()], dtype=np.float64)
     ranked = detections.with_min_score(ap_score_threshold)
     return {
         "mean_iou": float(ious.mean()),
         "min_iou": float(ious.min()),
         "max_iou": float(ious.max()),
         "median_iou": float(np.median(ious)),
-        "ap50": ap_at(VOC_IOU_THRESHOLD, ranked, gt_boxes),
-        "ap50_95": coco_ap(ranked, gt_boxes),
-        "recall50": recall_at(VOC_IOU_THRESHOLD, ranked, gt_boxes),
-        "images": len(gt_box_per_image),
+        "ap50": ap_at(VOC_IOU_THRESHOLD, ranked, truth),
+        "ap50_95": coco_ap(ranked, truth),
+        "recall50": recall_at(VOC_IOU_THRESHOLD, ranked, truth),
+        **counts,
+        "null_reason": None,
     }
 
 

@@ -116,6 +116,13 @@ def _check_combinations(params: dict, source: str) -> list[str]:
             f"evaluate.ap_score_threshold ({evaluate['ap_score_threshold']}): detections under the AP "
             "threshold are dropped before IoU is computed"
         )
+    report = params["report"]
+    if not report["paper_train_min_iou"] <= report["paper_train_mean_iou"] <= report["paper_train_max_iou"]:
+        problems.append(
+            f"{source}: report.paper_train_min_iou ({report['paper_train_min_iou']}), paper_train_mean_iou "
+            f"({report['paper_train_mean_iou']}) and paper_train_max_iou ({report['paper_train_max_iou']}) "
+            "must satisfy min <= mean <= max"
+        )
     return problems
 
 

@@ -286,21 +286,22 @@ def _check_decodes_completely(path: Path) -> None:
 def read_image(path: Path) -> np.ndarray:
     """Read ``path`` as a 3-channel BGR uint8 image; grayscale and RGBA files are converted.
 
+    The pixels equal those of keras-retinanet's training loader (``read_image_bgr`` of
+    keras-retinanet 1.0, Pillow's ``convert("RGB")``): gray is repeated in the three channels,
+    alpha is dropped, and an EXIF orientation tag is ignored, so the image is not rotated.
     Raises ImageReadError naming the file and the reason for a missing file, a folder, a file
     that is not an image, or a truncated or corrupt one.
     """
-    from stages.detector import read_image_bgr
-
     if not path.exists():
         raise ImageReadError(f"{path}: file not found")
     if not path.is_file():
         raise ImageReadError(f"{path}: not a regular file")
     if not os.access(path, os.R_OK):
         raise ImageReadError(f"{path}: permission denied")
-    try:
-        image = read_image_bgr(path)
-    except ModelError:
-        raise ImageReadError(f"{path}: not a readable image (OpenCV cannot decode it)") from None
+    # OpenCV applies the EXIF orientation by default, and Pillow, which training uses, does not.
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+    if image is None:
+        raise ImageReadError(f"{path}: not a readable image (OpenCV cannot decode it)")
     _check_decodes_completely(path)
     return image
 

@@ -6,6 +6,9 @@ and epoch) after every epoch under ``--checkpoints``. Its folder is named by a h
 settings, the training data and the training code. Rerunning an interrupted command therefore
 resumes where it stopped, while a changed setting starts afresh.
 
+Before training, the stage logs the share of training boxes that an anchor matches at IoU 0.5
+at the configured image size, and warns when it is low (see stages.anchor_check).
+
 Per-step losses go to ``<curves>/fold{k}-steps.csv`` and per-epoch losses to
 ``<curves>/fold{k}-epochs.csv``.
 
@@ -28,6 +31,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from stages.anchor_check import check_anchor_coverage
 from stages.atomic import atomic_directory
 from stages.cli import run_stage
 from stages.download import (MIRROR_ENV, file_digest, parse_sha256sums, resolve_mirror_root,
@@ -193,15 +197,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> None:
-    """Train every fold with the settings and paths in ``args``."""
+    """Check the anchor coverage of the training CSVs, then train every fold with the settings in ``args``."""
     mirror = resolve_mirror_root(args.mirror, os.environ)
     params = load_params(args.params, args.profile)
     if not args.classes.is_file():
         raise DataError(f"{args.classes}: file not found; run the convert stage first")
     if args.annotations is not None:
+        check_anchor_coverage(args.annotations, params["detector"])
         train_final(args.annotations, args.classes, params["detector"], mirror, args.checkpoints, args.out, args.curves)
         return
     folds = find_folds(args.splits)
+    for fold in folds:
+        check_anchor_coverage(fold.train_csv, params["detector"])
     train_all(folds, args.classes, params["detector"], mirror, args.checkpoints, args.out, args.curves)
 
 

@@ -14,7 +14,7 @@ import scipy.io
 import yaml
 from PIL import Image
 
-from stages import convert
+from stages import convert, importers
 from stages.errors import DataError
 from stages.params import PROJECT_ROOT
 
@@ -63,8 +63,11 @@ def read_rows(path: Path) -> list[list[str]]:
         ((-3.5, 2.2, 100.01, 99.99), (100, 100), (0, 2, 100, 100), True),
     ],
 )
-def test_round_box_floor_ceil_clip(box, size, expected, clipped):
-    assert convert.round_box(box, *size) == (expected, clipped)
+def test_box_floor_ceil_clip(box, size, expected, clipped):
+    face = importers.check_box(importers.RawBox(box, "face", "column 1"), *size, importers.ProblemLog())
+
+    assert (face.x1, face.y1, face.x2, face.y2) == expected
+    assert face.clipped == clipped
 
 
 def test_corner_boxes_take_extremes():
@@ -89,71 +92,61 @@ def test_check_corners_non_finite_value():
         convert.check_corners(corners, "ImageData.mat")
 
 
-def test_box_without_area_rejected():
-    boxes = {"image_0001.jpg": (1.0, 1.0, 10.0, 10.0), "image_0002.jpg": (70.25, 5.0, 90.0, 20.0)}
-    sizes = {name: (IMAGE_WIDTH, IMAGE_HEIGHT) for name in boxes}
-    columns = {"image_0001.jpg": 1, "image_0002.jpg": 2}
+def test_box_outside_image_drops_image(tmp_path, caplog):
+    raw = make_raw_dir(tmp_path / "raw", [(1.0, 1.0, 10.0, 10.0), (70.25, 5.0, 90.0, 20.0)])
 
-    with pytest.raises(
-        DataError,
-        match=r"ImageData\.mat SubDir_Data column 2 \(image_0002\.jpg\): box x1=70\.25 y1=5 x2=90 y2=20 has no area "
-        r"after rounding and clipping to the 64x48 image \(x1=64 y1=5 x2=64 y2=20\)",
-    ):
-        convert.build_annotations(boxes, sizes, columns, "ImageData.mat")
+    with caplog.at_level(logging.WARNING, logger="stages.importers"):
+        text, summary = convert.convert_dataset(raw, tmp_path / "annotations.csv", None)
 
-
-def test_box_outside_image_rejected():
-    annotation = convert.Annotation("image_0001.jpg", 1, 2, 70, 20, clipped=False)
-
-    with pytest.raises(
-        DataError, match=r"column 1 \(image_0001\.jpg\): box x1=1\.5 y1=2 x2=69\.5 y2=20 lies outside the 64x48 image"
-    ):
-        convert.check_box(annotation, IMAGE_WIDTH, IMAGE_HEIGHT, (1.5, 2.0, 69.5, 20.0), "column 1 (image_0001.jpg)")
+    assert text == "raw/image_0001.jpg,1,1,10,10,face\n"
+    assert summary["images_used"] == 1
+    assert "box wholly outside the image: 1 dropped" in caplog.text
+    assert "ImageData.mat SubDir_Data column 2: x1=70.25 y1=5 x2=90 y2=20" in caplog.text
+    assert "image with every box left out: 1 dropped" in caplog.text
 
 
-def test_clipped_boxes_logged_as_warning(caplog):
-    boxes = {"image_0001.jpg": (1.0, 1.0, 10.0, 10.0), "image_0002.jpg": (5.0, -3.5, 70.0, 20.0),
-             "image_0003.jpg": (5.0, -0.25, 20.0, 20.0)}
-    sizes = {name: (IMAGE_WIDTH, IMAGE_HEIGHT) for name in boxes}
-    columns = {name: number for number, name in enumerate(boxes, start=1)}
+def test_clipped_boxes_logged_as_warning(tmp_path, caplog):
+    boxes = [(1.0, 1.0, 10.0, 10.0), (5.0, -3.5, 70.0, 20.0), (5.0, -0.25, 20.0, 20.0)]
+    raw = make_raw_dir(tmp_path / "raw", boxes)
 
-    with caplog.at_level(logging.WARNING, logger="stages.convert"):
-        annotations = convert.build_annotations(boxes, sizes, columns, "ImageData.mat")
+    with caplog.at_level(logging.WARNING, logger="stages.importers"):
+        _, summary = convert.convert_dataset(raw, tmp_path / "annotations.csv", None)
 
-    assert [annotation.clipped for annotation in annotations] == [False, True, True]
-    assert "2 of 3 boxes reach past their image and were clipped to it (at most 6.0 px, in image_0002.jpg)" in caplog.text
+    assert summary["boxes_clipped"] == 2
+    assert "box partly outside the image: 2 fixed" in caplog.text
+    assert "column 2: x1=5 y1=-3.5 x2=70 y2=20" in caplog.text
 
 
 # --- images ------------------------------------------------------------------------------
 
 
-def test_inspect_image_returns_size(tmp_path):
-    assert convert.inspect_image(write_jpeg(tmp_path / "image_0001.jpg")) == (IMAGE_WIDTH, IMAGE_HEIGHT)
+def test_grayscale_image_kept(tmp_path, caplog):
+    raw = make_raw_dir(tmp_path / "raw", [(1.0, 1.0, 20.0, 20.0), (1.0, 1.0, 20.0, 20.0)])
+    write_jpeg(raw / "image_0002.jpg", mode="L")
+
+    with caplog.at_level(logging.WARNING, logger="stages.importers"):
+        text, _ = convert.convert_dataset(raw, tmp_path / "annotations.csv", None)
+
+    assert len(text.splitlines()) == 2
+    assert "image mode other than RGB: 1 fixed" in caplog.text
+    assert "image_0002.jpg mode L" in caplog.text
 
 
-def test_grayscale_image_rejected(tmp_path):
-    path = write_jpeg(tmp_path / "image_0002.jpg", mode="L")
-
-    with pytest.raises(DataError, match=r"image_0002\.jpg: image mode is 'L', expected 'RGB'"):
-        convert.inspect_image(path)
-
-
-def test_truncated_jpeg_rejected(tmp_path):
+def test_truncated_and_non_image_dropped(tmp_path, caplog):
+    raw = make_raw_dir(tmp_path / "raw", [(1.0, 1.0, 20.0, 20.0)] * 3)
     noise = np.random.default_rng(0).integers(0, 255, (IMAGE_HEIGHT, IMAGE_WIDTH, 3), dtype=np.uint8)
-    path = tmp_path / "image_0003.jpg"
-    Image.fromarray(noise).save(path, format="JPEG", quality=95)
-    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    Image.fromarray(noise).save(raw / "image_0002.jpg", format="JPEG", quality=95)
+    data = (raw / "image_0002.jpg").read_bytes()
+    (raw / "image_0002.jpg").write_bytes(data[: len(data) // 2])
+    (raw / "image_0003.jpg").write_bytes(b"<html>not found</html>")
 
-    with pytest.raises(DataError, match=r"image_0003\.jpg: image cannot be decoded \(corrupt or truncated\)"):
-        convert.inspect_image(path)
+    with caplog.at_level(logging.WARNING, logger="stages.importers"):
+        text, summary = convert.convert_dataset(raw, tmp_path / "annotations.csv", None)
 
-
-def test_non_image_file_rejected(tmp_path):
-    path = tmp_path / "image_0004.jpg"
-    path.write_bytes(b"<html>not found</html>")
-
-    with pytest.raises(DataError, match=r"image_0004\.jpg: image cannot be decoded"):
-        convert.inspect_image(path)
+    assert text == "raw/image_0001.jpg,1,1,20,20,face\n"
+    assert summary["images_present"] == 3
+    assert summary["images_used"] == 1
+    assert "image cut short or not decodable: 2 dropped" in caplog.text
 
 
 # --- selection ---------------------------------------------------------------------------
@@ -186,7 +179,7 @@ def test_convert_dataset_rows_and_summary(tmp_path, caplog):
     raw = make_raw_dir(tmp_path / "data" / "raw" / "faces", boxes, missing=(3,))
     out_csv = tmp_path / "data" / "interim" / "annotations.csv"
 
-    with caplog.at_level(logging.WARNING, logger="stages.convert"):
+    with caplog.at_level(logging.WARNING, logger="stages.importers"):
         text, summary = convert.convert_dataset(raw, out_csv, max_images=None)
 
     assert text.splitlines() == [
@@ -194,7 +187,7 @@ def test_convert_dataset_rows_and_summary(tmp_path, caplog):
         "../raw/faces/image_0002.jpg,5,0,50,48,face",
         "../raw/faces/image_0004.jpg,0,0,64,48,face",
     ]
-    assert "1 annotated images are missing" in caplog.text
+    assert "missing image: 1 dropped" in caplog.text
     assert "image_0003.jpg" in caplog.text
     assert summary["images_annotated"] == 4
     assert summary["images_present"] == 3
@@ -264,24 +257,74 @@ def test_main_writes_outputs(tmp_path, monkeypatch):
     assert sorted(entry.name for entry in Path("data/interim").iterdir()) == ["annotations.csv", "classes.csv"]
 
 
-def test_main_rejects_grayscale_image(tmp_path, monkeypatch, capsys):
+def write_user_dataset(root: Path) -> None:
+    """Write a small keras-retinanet CSV dataset with the cases a user's own data often has."""
+    (root / "images" / "sub").mkdir(parents=True)
+    write_jpeg(root / "images" / "a.jpg")
+    write_jpeg(root / "images" / "sub" / "gray.jpg", mode="L")
+    Image.new("RGBA", (IMAGE_WIDTH, IMAGE_HEIGHT), (1, 2, 3, 4)).save(root / "images" / "alpha.png")
+    write_jpeg(root / "images" / "empty.jpg")
+    (root / "classes.csv").write_text("face,0\n")
+    (root / "annotations.csv").write_text(
+        "images/a.jpg,1,2,30.0,40,face\n"
+        "images/a.jpg,30,10,70,47.5, Face\n"
+        "images\\sub\\gray.jpg,5,5,20,20,face\n"
+        "images/alpha.png,5,5,20,20,face\n"
+        "images/empty.jpg,,,,,\n"
+        "images/gone.jpg,5,5,20,20,face\n"
+    )
+
+
+def test_main_converts_csv_dataset(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    raw = make_raw_dir(Path("raw"), [(1.0, 1.0, 20.0, 20.0), (1.0, 1.0, 20.0, 20.0)])
-    write_jpeg(raw / "image_0002.jpg", mode="L")
+    write_user_dataset(Path("user"))
     argv = [
         "--params", str(PROJECT_ROOT / "params.yaml"),
-        "--raw", "raw",
-        "--out-csv", "annotations.csv",
-        "--out-classes", "classes.csv",
+        "--format", "csv", "--raw", "user/annotations.csv",
+        "--out-csv", "data/interim/annotations.csv",
+        "--out-classes", "data/interim/classes.csv",
         "--summary", "data.json",
     ]  # fmt: skip
 
     status = convert.main(argv)
 
-    last_line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert status == 0
+    assert Path("data/interim/annotations.csv").read_text() == (
+        "../../user/images/a.jpg,1,2,30,40,face\n"
+        "../../user/images/a.jpg,30,10,64,48,face\n"
+        "../../user/images/sub/gray.jpg,5,5,20,20,face\n"
+        "../../user/images/alpha.png,5,5,20,20,face\n"
+        "../../user/images/empty.jpg,,,,,\n"
+    )
+    assert Path("data/interim/classes.csv").read_text() == "face,0\n"
+    summary = json.loads(Path("data.json").read_text())
+    assert summary["images_annotated"] == 5
+    assert summary["missing_images"] == ["images/gone.jpg"]
+    assert summary["images_used"] == 4
+    assert summary["boxes"] == 4
+    assert summary["boxes_clipped"] == 1
+
+
+def test_main_lists_every_error(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    write_user_dataset(Path("user"))
+    with Path("user/annotations.csv").open("a") as handle:
+        handle.write("images/a.jpg,40,2,30,40,face\nimages/a.jpg,1,2,30,40,cat\n")
+    argv = [
+        "--params", str(PROJECT_ROOT / "params.yaml"),
+        "--format", "csv", "--raw", "user/annotations.csv",
+        "--out-csv", "annotations.csv", "--out-classes", "classes.csv", "--summary", "data.json",
+    ]  # fmt: skip
+
+    status = convert.main(argv)
+
+    error = capsys.readouterr().err
     assert status == 1
-    assert last_line == "python -m stages.convert: error: raw/image_0002.jpg: image mode is 'L', expected 'RGB' with 3 channels"
+    assert "python -m stages.convert: error: 2 errors in the annotations:" in error
+    assert "user/annotations.csv line 7: corners in the wrong order: x1=40 y1=2 x2=30 y2=40: error" in error
+    assert "user/annotations.csv line 8: unknown class name: 'cat': error" in error
     assert not Path("annotations.csv").exists()
+    assert not Path("data.json").exists()
 
 
 # --- real data ---------------------------------------------------------------------------

@@ -105,6 +105,8 @@ def test_perfect_predictor_report(tmp_path):
     assert report["profile"] == "default"
     assert report["dataset"] == {
         "images": 6,
+        "faces": 6,
+        "background_images": 0,
         "images_annotated": 7,
         "images_missing": 1,
         "folds": 2,
@@ -382,6 +384,34 @@ def test_read_annotations_rejects_second_box(tmp_path):
         stage.read_annotations(csv_path)
 
 
+def test_read_annotations_several_faces_and_background(tmp_path):
+    for name in ("a.jpg", "b.jpg"):
+        (tmp_path / name).write_bytes(b"")
+    csv_path = tmp_path / "test.csv"
+    csv_path.write_text("a.jpg,1,1,5,5,face\nb.jpg,,,,,\na.jpg,2,2,6,6,face\n")
+    table = stage.read_annotations(csv_path, one_face_per_image=False)
+    assert table["image"].tolist() == ["a.jpg", "b.jpg", "a.jpg"]
+    assert table["x1"].isna().tolist() == [False, True, False]
+    with pytest.raises(DataError, match=r"line 2: background row \(no face\) for image b.jpg"):
+        stage.read_annotations(csv_path)
+
+
+def test_read_annotations_rejects_background_and_face(tmp_path):
+    (tmp_path / "a.jpg").write_bytes(b"")
+    csv_path = tmp_path / "test.csv"
+    csv_path.write_text("a.jpg,,,,,\na.jpg,2,2,6,6,face\n")
+    with pytest.raises(DataError, match=r"line 2: image a.jpg is listed as a background row .*\(first on line 1\)"):
+        stage.read_annotations(csv_path, one_face_per_image=False)
+
+
+def test_read_annotations_rejects_partial_box(tmp_path):
+    (tmp_path / "a.jpg").write_bytes(b"")
+    csv_path = tmp_path / "test.csv"
+    csv_path.write_text("a.jpg,1,1,,5,face\n")
+    with pytest.raises(DataError, match=r"line 1: missing box or class name for a.jpg"):
+        stage.read_annotations(csv_path, one_face_per_image=False)
+
+
 def test_read_annotations_rejects_missing_image(tmp_path):
     csv_path = tmp_path / "test.csv"
     csv_path.write_text("missing.jpg,1,1,5,5,face\n")
@@ -515,3 +545,108 @@ def test_read_folds_table_rejects_missing_column(tmp_path):
     path.write_text("image,fold,path\nimage_0001.jpg,0,a.jpg\n")
     with pytest.raises(DataError, match=r"missing column\(s\) person"):
         stage.read_folds_table(path)
+
+
+# --- Background images, folds without faces, several faces per image ------------------
+
+
+def add_image(root, name, person, fold, boxes):
+    """Add an image of ``fold``'s test part to the split written by ``write_split``.
+
+    ``boxes`` lists its face boxes; an empty list writes the background row ``path,,,,,``.
+    """
+    Image.new("RGB", (40, 30), color=(120, 90, 60)).save(root / "data" / "images" / name)
+    splits = root / "data" / "splits"
+    with (splits / "folds.csv").open("a") as handle:
+        handle.write(f"{name},{person},{fold},data/images/{name}\n")
+    cells = [",".join(map(str, box)) + ",face" for box in boxes] or [",,,,"]
+    lines = "".join(f"../../images/{name},{cell}\n" for cell in cells)
+    for fold_dir, file_name in ((f"fold{fold}", "test.csv"), (f"fold{1 - fold}", "train.csv")):
+        with (splits / fold_dir / file_name).open("a") as handle:
+            handle.write(lines)
+
+
+def run_prepared_stage(root, detections_by_image, calls=None):
+    status = stage.main(stage_arguments(root), load_predictor=predictor_loader(detections_by_image, calls))
+    assert status == 0
+    return json.loads((root / "reports" / "metrics" / "detector.json").read_text())
+
+
+def test_background_image_detections_are_false_positives(tmp_path, caplog):
+    write_split(tmp_path)
+    add_image(tmp_path, "empty.jpg", 10, 0, [])
+    detections = perfect_detections()
+    detections["empty.jpg"] = ([[0, 0, 10, 10]], [0.95])
+    with caplog.at_level(logging.INFO, logger=stage.__name__):
+        report = run_prepared_stage(tmp_path, detections)
+
+    fold0 = report["folds"]["fold0"]["heldout"]
+    # Ranked: the background detection (FP, score 0.95), then three TPs: AP = 3/4 of the
+    # recall range at precision 3/4 = 0.75.
+    assert fold0["ap50"] == 0.75
+    assert fold0["recall50"] == 1.0
+    assert fold0["mean_iou"] == 1.0
+    assert fold0["images"] == 4
+    assert fold0["faces"] == 3
+    assert fold0["background_images"] == 1
+    assert report["dataset"]["background_images"] == 1
+    assert report["folds"]["fold0"]["test_images"] == 4
+    assert "fold 0 heldout: 1 of 4 images are background images" in caplog.text
+
+    per_image = pd.read_csv(tmp_path / "reports" / "detector" / "per_image.csv")
+    assert "empty.jpg" not in set(per_image["image"])
+    assert len(per_image) == 12
+
+
+def test_fold_without_faces_reports_null_ap_with_reason(tmp_path, caplog):
+    write_split(tmp_path)
+    splits = tmp_path / "data" / "splits"
+    # Fold 1 holds out only background images: its test.csv has no face box at all.
+    (splits / "fold1" / "test.csv").write_text("")
+    folds_table = pd.read_csv(splits / "folds.csv")
+    folds_table[folds_table["fold"] == 0].to_csv(splits / "folds.csv", index=False)
+    (splits / "fold0" / "train.csv").write_text("")
+    add_image(tmp_path, "empty1.jpg", 7, 1, [])
+    add_image(tmp_path, "empty2.jpg", 8, 1, [])
+    with caplog.at_level(logging.WARNING, logger=stage.__name__):
+        # Scored above the faces' 0.9, the background detection ranks first in the pooled held-out AP.
+        report = run_prepared_stage(tmp_path, {**perfect_detections(), "empty1.jpg": ([[0, 0, 9, 9]], [0.95])})
+
+    empty = report["folds"]["fold1"]["heldout"]
+    assert empty["images"] == 2
+    assert empty["faces"] == 0
+    assert all(empty[name] is None for name in ("mean_iou", "ap50", "ap50_95", "recall50"))
+    assert "no face boxes" in empty["null_reason"]
+    assert report["folds"]["fold0"]["heldout"]["null_reason"] is None
+    assert report["heldout"]["ap50"] == 0.75
+    assert report["heldout"]["across_folds"]["ap50"]["n"] == 1
+    assert f"fold 1 heldout: none of its 2 images in {splits / 'fold1' / 'test.csv'} has a face box" in caplog.text
+
+    curves = pd.read_csv(tmp_path / "reports" / "detector" / "pr_curves.csv")
+    assert (1, "heldout") not in set(zip(curves["fold"], curves["part"]))
+
+
+def test_image_with_two_faces_is_predicted_once(tmp_path):
+    write_split(tmp_path)
+    add_image(tmp_path, "pair.jpg", 10, 0, [[1, 1, 11, 11], [20, 10, 35, 28]])
+    detections = perfect_detections()
+    detections["pair.jpg"] = ([[20, 10, 35, 28]], [0.9])
+    calls = []
+    report = run_prepared_stage(tmp_path, detections, calls)
+
+    assert calls.count((0, "pair.jpg")) == 1
+    fold0 = report["folds"]["fold0"]["heldout"]
+    # Three one-face images and the pair. The pair's first face has no detection.
+    assert fold0["faces"] == 5
+    assert fold0["images"] == 4
+    assert fold0["recall50"] == 0.8
+    per_image = pd.read_csv(tmp_path / "reports" / "detector" / "per_image.csv")
+    pair = per_image[(per_image["image"] == "pair.jpg") & (per_image["part"] == "heldout")]
+    assert pair["iou"].tolist() == [0.0, 1.0]
+    assert pair["gt_x1"].tolist() == [1, 20]
+
+
+def test_metrics_layout_accepts_null_reason_string():
+    stage.check_metrics_layout({"heldout": {"ap50": None, "null_reason": "no face boxes"}}, "m.json")
+    with pytest.raises(DataError, match=r"heldout.null_reason is 3, expected a string or null"):
+        stage.check_metrics_layout({"heldout": {"null_reason": 3}}, "m.json")

@@ -91,3 +91,11 @@ def test_gamma_zero_is_weighted_cross_entropy():
     y_true, y_pred = anchors([1, 0], [1, 0], [0.7, 0.4])
     value = float(detector.focal_loss(alpha=0.6, gamma=0.0)(y_true, y_pred))
     assert value == pytest.approx(-(0.6 * math.log(0.7) + 0.4 * math.log(0.6)), rel=1e-5)
+
+
+def test_integer_alpha_and_gamma_give_finite_loss():
+    # YAML reads "alpha: 1" and "gamma: 0" as Python ints.
+    y_true, y_pred = anchors([1, 0], [1, 0], [0.7, 0.4])
+    value = float(detector.focal_loss(alpha=1, gamma=0)(y_true, y_pred))
+    assert math.isfinite(value)
+    assert value == pytest.approx(-math.log(0.7), rel=1e-5)

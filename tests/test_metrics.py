@@ -280,6 +280,9 @@ def test_summarize_fold_perfect_detector():
             "ap50_95": 1.0,
             "recall50": 1.0,
             "images": 2,
+            "faces": 2,
+            "background_images": 0,
+            "null_reason": None,
         }
     )
 
@@ -308,6 +311,56 @@ def test_summarize_fold_no_images():
     summary = metrics.summarize_fold({}, Detections.empty(), 0.5, 0.05)
     assert summary["images"] == 0
     assert all(summary[key] is None for key in metrics.SUMMARY_KEYS)
+
+
+def test_summarize_fold_background_image_detection_is_false_positive():
+    gt = {"a": [0, 0, 10, 10], "empty": np.zeros((0, 4))}
+    found = detections([("empty", [0, 0, 10, 10], 0.9), ("a", [0, 0, 10, 10], 0.8)])
+    summary = metrics.summarize_fold(gt, found, iou_score_threshold=0.5, ap_score_threshold=0.05)
+    # Ranked: FP (precision 0, recall 0), then TP (precision 1/2, recall 1), so AP = 1/2.
+    assert summary["ap50"] == pytest.approx(0.5)
+    assert summary["recall50"] == 1.0
+    # The background image has no face, so only face a enters the IoU statistics.
+    assert summary["mean_iou"] == 1.0
+    assert summary["min_iou"] == 1.0
+    assert summary["images"] == 2
+    assert summary["faces"] == 1
+    assert summary["background_images"] == 1
+    assert summary["null_reason"] is None
+
+
+def test_summarize_fold_without_faces_gives_null_with_reason():
+    gt = {"empty1": [], "empty2": np.zeros((0, 4))}
+    found = detections([("empty1", [0, 0, 10, 10], 0.9)])
+    summary = metrics.summarize_fold(gt, found, iou_score_threshold=0.5, ap_score_threshold=0.05)
+    assert all(summary[key] is None for key in metrics.SUMMARY_KEYS)
+    assert summary["images"] == 2
+    assert summary["faces"] == 0
+    assert summary["background_images"] == 2
+    assert "no face boxes" in summary["null_reason"]
+
+
+def test_summarize_fold_several_faces_per_image():
+    gt = {"a": [[0, 0, 10, 10], [20, 20, 30, 30]]}
+    found = detections([("a", [0, 0, 10, 10], 0.9), ("a", [20, 20, 30, 25], 0.8)])
+    summary = metrics.summarize_fold(gt, found, iou_score_threshold=0.5, ap_score_threshold=0.05)
+    # Face IoUs 1 and 50 / 100.
+    assert summary["mean_iou"] == pytest.approx(0.75)
+    assert summary["min_iou"] == pytest.approx(0.5)
+    assert summary["ap50"] == 1.0
+    assert summary["faces"] == 2
+    assert summary["images"] == 1
+
+
+def test_best_match_per_face_keys_and_rows():
+    gt = {"a": [[0, 0, 10, 10], [20, 20, 30, 30]], "b": np.zeros((0, 4))}
+    found = detections([("a", [20, 20, 30, 30], 0.9), ("b", [0, 0, 5, 5], 0.9)])
+    matches = metrics.best_match_per_face(gt, found, min_score=0.5)
+    assert list(matches) == [("a", 0), ("a", 1)]
+    # Face 0 overlaps no detection, so its best match is the only detection of image a, at IoU 0.
+    assert matches[("a", 0)] == (0, 0.0)
+    assert matches[("a", 1)] == (0, pytest.approx(1.0))
+    assert metrics.best_match_per_face({"a": [[0, 0, 10, 10]]}, found.with_min_score(2.0), 0.5) == {("a", 0): (None, 0.0)}
 
 
 def test_best_match_per_image_returns_detection_row():

@@ -1,0 +1,702 @@
+"""Read face annotations in several formats into one table, check them, and write keras-retinanet CSV.
+
+Every source becomes a ``Dataset``: a list of ``ImageEntry`` (one per image file, with zero or
+more ``Face`` boxes in integer pixels), the class mapping, and the ``Problem`` list that the
+checks found. Readers:
+
+- ``read_csv``: a keras-retinanet annotation CSV (``path,x1,y1,x2,y2,class_name``, no header,
+  ``path,,,,,`` for an image without faces) and its class CSV (``class_name,id``);
+- ``read_voc``: a folder of Pascal VOC XML files and the folder of their images;
+- ``read_fddb``: FDDB fold files (``FDDB-fold-NN.txt`` and ``FDDB-fold-NN-ellipseList.txt``) and
+  the folder of the FDDB images; each ellipse becomes the tight box of the rotated ellipse;
+- the Caltech archive (``ImageData.mat``) is read by ``stages.convert.read_caltech``.
+
+Coordinates are 0-based pixel edges: a box (x1, y1, x2, y2) covers x1 <= x < x2, and a box
+that covers the whole image is (0, 0, width, height).
+
+Validation policy, one row per case. "fixed" and "dropped" are counted and logged as a warning,
+"error" stops the conversion (all errors are listed, not only the first):
+
+=========================================  ========  ==================================================
+Case                                       Action    What happens
+=========================================  ========  ==================================================
+integer written as float (``210.0``)       fixed     read as the integer
+fractional coordinate (``210.4``)          fixed     rounded outward: floor x1 and y1, ceil x2 and y2
+box without area (x2 == x1 or y2 == y1)    dropped   the face is left out, the image is kept (see
+                                                     "image with every box left out")
+corners in the wrong order (x2 < x1)       error     keras-retinanet rejects such rows too
+x and y swapped                            error     the box reaches past the right or bottom edge,
+                                                     less than half of it is inside, and its
+                                                     transpose (y1, x1, y2, x2) fits the image
+box partly outside the image               fixed     clipped to [0, width] x [0, height]
+box wholly outside the image               dropped   the face is left out, the image is kept
+background row ``path,,,,,``               (none)    kept as an image without faces, not a problem
+class name with stray spaces or other case fixed     replaced by the name in the class mapping
+unknown class name                         error     the name matches no mapping entry
+duplicate name or id in the class mapping  error     names compared after stripping and case folding
+class mapping name with stray spaces       fixed     stripped
+Windows path separator (``a\\b.jpg``)       fixed     replaced by ``/``
+image path                                 (none)    resolved against the CSV's folder (or the
+                                                     images folder), never the working folder
+missing image                              dropped   the image and its faces are left out
+image cut short or not decodable           dropped   the image and its faces are left out
+image mode other than RGB (L, RGBA, ...)   fixed     kept; every loader converts it to 3-channel RGB
+VOC size differs from the image            error     boxes may be scaled for another image
+VOC size missing or zero                   fixed     the image's own size is used
+image with every box left out              dropped   not kept as an image without faces, where every
+                                                     detection would count as a false positive
+malformed row, XML or fold file            error     wrong field count, invalid number, bad nesting
+blank CSV line                             fixed     skipped
+the same image in several rows or files    (none)    one image with several faces
+=========================================  ========  ==================================================
+
+The Caltech archive and FDDB store float coordinates by design, so their rounding is not
+reported as a problem.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import math
+import os
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from defusedxml import ElementTree
+from PIL import Image
+from tqdm import tqdm
+
+from stages.errors import DataError
+
+logger = logging.getLogger(__name__)
+
+FIXED = "fixed"
+DROPPED = "dropped"
+ERROR = "error"
+
+# Case names, as printed by ``emotivelens validate`` and counted in the log.
+INTEGER_AS_FLOAT = "integer written as float"
+FRACTIONAL_COORDINATE = "fractional coordinate"
+BOX_WITHOUT_AREA = "box without area"
+CORNER_ORDER = "corners in the wrong order"
+SWAPPED_XY = "x and y swapped"
+PARTLY_OUTSIDE = "box partly outside the image"
+WHOLLY_OUTSIDE = "box wholly outside the image"
+CLASS_NAME_SPELLING = "class name with stray spaces or other case"
+UNKNOWN_CLASS = "unknown class name"
+DUPLICATE_CLASS = "duplicate class in the mapping"
+MAPPING_SPACES = "class mapping name with stray spaces"
+WINDOWS_SEPARATOR = "Windows path separator"
+MISSING_IMAGE = "missing image"
+UNREADABLE_IMAGE = "image cut short or not decodable"
+NOT_RGB = "image mode other than RGB"
+SIZE_MISMATCH = "VOC size differs from the image"
+SIZE_MISSING = "VOC size missing or zero"
+NO_FACE_LEFT = "image with every box left out"
+MALFORMED = "malformed input"
+BLANK_LINE = "blank CSV line"
+
+# Warnings log this many examples per case after the count.
+LOGGED_EXAMPLES = 3
+CSV_FIELDS = 6
+FDDB_FACE_FIELDS = 6
+FDDB_FOLD_PATTERN = re.compile(r"^FDDB-fold-(\d+)\.txt$")
+FDDB_IMAGE_SUFFIX = ".jpg"
+FDDB_CLASS = "face"
+RGB_MODE = "RGB"
+
+
+@dataclass(frozen=True)
+class Face:
+    """One face box in integer pixels after rounding and clipping, and the line it came from."""
+
+    x1: int
+    y1: int
+    x2: int
+    y2: int
+    class_name: str
+    source: str
+    clipped: bool = False
+
+
+@dataclass
+class ImageEntry:
+    """One image file and its faces. ``faces`` is empty for an image without faces (a background image).
+
+    ``key`` is the image's posix path relative to the dataset root, and ``source`` is the first
+    line that names the image. ``width`` and ``height`` are in pixels. ``group`` is the fold or
+    person id that the format brings: the FDDB fold number, or None for other formats.
+    """
+
+    key: str
+    path: Path
+    width: int | None
+    height: int | None
+    faces: list[Face]
+    group: int | None
+    source: str
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A problem found in the input: its case, where (``FILE line N``), the value and the action taken."""
+
+    case: str
+    where: str
+    value: str
+    action: str
+    message: str
+
+    def line(self) -> str:
+        """Return ``where: case: value: action (message)``, the form ``emotivelens validate`` prints."""
+        return f"{self.where}: {self.case}: {self.value}: {self.action} ({self.message})"
+
+
+@dataclass
+class Dataset:
+    """Images with their faces, the class mapping (name -> id) and every problem found."""
+
+    images: list[ImageEntry]
+    classes: dict[str, int]
+    problems: list[Problem] = field(default_factory=list)
+    # Keys of every image the annotations name, and of those whose file does not exist.
+    listed: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+
+    def errors(self) -> list[Problem]:
+        """Return the problems whose action is ``error``."""
+        return [problem for problem in self.problems if problem.action == ERROR]
+
+
+@dataclass
+class RawBox:
+    """A box as read, in float pixel edges, before the image checks round and clip it."""
+
+    box: tuple[float, float, float, float]
+    class_name: str
+    source: str
+
+
+@dataclass
+class PendingImage:
+    """An image and its raw boxes, gathered from every row or file that names it."""
+
+    key: str
+    path: Path
+    group: int | None
+    source: str
+    boxes: list[RawBox] = field(default_factory=list)
+    declared_size: tuple[int, int] | None = None
+
+
+class ProblemLog:
+    """Problems collected while a reader runs."""
+
+    def __init__(self) -> None:
+        self.problems: list[Problem] = []
+
+    def add(self, case: str, where: str, value: object, action: str, message: str) -> None:
+        self.problems.append(Problem(case, where, str(value), action, message))
+
+
+# --- boxes -------------------------------------------------------------------------------
+
+
+def ellipse_box(
+    major_radius: float, minor_radius: float, angle_rad: float, center_x: float, center_y: float
+) -> tuple[float, float, float, float]:
+    """Return the tight axis-aligned box (x1, y1, x2, y2) of a rotated ellipse, in pixels.
+
+    The ellipse has semi-axes ``major_radius`` (a) and ``minor_radius`` (b), and the a axis is
+    rotated by ``angle_rad`` (t) from the x axis. The extreme points of the parametric ellipse
+    give half-width sqrt(a^2 cos^2 t + b^2 sin^2 t) and half-height sqrt(a^2 sin^2 t + b^2 cos^2 t).
+    FDDB ellipse lists use this parameterization (Jain and Learned-Miller, FDDB technical report
+    UM-CS-2010-009, 2010).
+    """
+    cos_t = math.cos(angle_rad)
+    sin_t = math.sin(angle_rad)
+    half_width = math.sqrt((major_radius * cos_t) ** 2 + (minor_radius * sin_t) ** 2)
+    half_height = math.sqrt((major_radius * sin_t) ** 2 + (minor_radius * cos_t) ** 2)
+    return (center_x - half_width, center_y - half_height, center_x + half_width, center_y + half_height)
+
+
+def round_outward(box: Sequence[float]) -> tuple[int, int, int, int]:
+    """Round a float box to the smallest integer box that contains it: floor x1 and y1, ceil x2 and y2."""
+    x1, y1, x2, y2 = box
+    return math.floor(x1), math.floor(y1), math.ceil(x2), math.ceil(y2)
+
+
+def clip_box(box: Sequence[int], width: int, height: int) -> tuple[int, int, int, int]:
+    """Clip an integer box to [0, width] x [0, height]."""
+    x1, y1, x2, y2 = box
+    return (min(max(x1, 0), width), min(max(y1, 0), height), min(max(x2, 0), width), min(max(y2, 0), height))
+
+
+def _area(box: Sequence[float]) -> float:
+    return max(0.0, box[2] - box[0]) * max(0.0, box[3] - box[1])
+
+
+def looks_swapped(box: Sequence[float], width: int, height: int) -> bool:
+    """Return True when x and y of ``box`` were probably swapped.
+
+    That is the case when the box reaches past the right or bottom edge, less than half of its
+    area is inside the image, and the transposed box (y1, x1, y2, x2) lies wholly inside it.
+    A swap cannot make a coordinate negative, so boxes that reach past the left or top edge
+    only are clipped instead.
+    """
+    x1, y1, x2, y2 = box
+    if min(box) < 0 or (x2 <= width and y2 <= height):
+        return False
+    inside = _area((x1, y1, min(x2, width), min(y2, height)))
+    transpose_fits = y2 <= width and x2 <= height
+    return transpose_fits and inside < 0.5 * _area(box)
+
+
+def format_box(box: Sequence[float]) -> str:
+    """Format a box as ``x1=.. y1=.. x2=.. y2=..``, floats with up to 6 significant digits."""
+    return " ".join(f"{name}={value:.6g}" for name, value in zip(("x1", "y1", "x2", "y2"), box))
+
+
+def check_box(raw: RawBox, width: int, height: int, log: ProblemLog) -> Face | None:
+    """Round and clip one box to its image by the policy of this module; return None if it is left out."""
+    value = format_box(raw.box)
+    x1, y1, x2, y2 = raw.box
+    if x2 < x1 or y2 < y1:
+        log.add(CORNER_ORDER, raw.source, value, ERROR, "expected x1 <= x2 and y1 <= y2, so swap the corners")
+        return None
+    if looks_swapped(raw.box, width, height):
+        log.add(SWAPPED_XY, raw.source, value, ERROR,
+                f"the box does not fit the {width}x{height} image but its transpose does, "
+                "so write the columns in the order x1,y1,x2,y2")
+        return None
+    rounded = round_outward(raw.box)
+    if rounded[2] <= rounded[0] or rounded[3] <= rounded[1]:
+        log.add(BOX_WITHOUT_AREA, raw.source, value, DROPPED, "x2 must be greater than x1 and y2 greater than y1")
+        return None
+    clipped = clip_box(rounded, width, height)
+    if clipped[2] <= clipped[0] or clipped[3] <= clipped[1]:
+        log.add(WHOLLY_OUTSIDE, raw.source, value, DROPPED, f"no part of the box is inside the {width}x{height} image")
+        return None
+    if clipped != rounded:
+        log.add(PARTLY_OUTSIDE, raw.source, value, FIXED, f"clipped to the {width}x{height} image: {format_box(clipped)}")
+    return Face(*clipped, class_name=raw.class_name, source=raw.source, clipped=clipped != rounded)
+
+
+# --- images ------------------------------------------------------------------------------
+
+
+def inspect_image(path: Path) -> tuple[int, int, str]:
+    """Decode the whole image and return (width, height, mode); raise OSError if it cannot be decoded."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return image.size[0], image.size[1], image.mode
+    except (SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        raise OSError(str(error)) from error
+
+
+def check_image(pending: PendingImage, log: ProblemLog) -> ImageEntry | None:
+    """Read the image of ``pending`` and check its boxes; return None if the image is left out."""
+    if not pending.path.is_file():
+        log.add(MISSING_IMAGE, pending.source, pending.path, DROPPED,
+                f"image file not found, boxes left out: {len(pending.boxes)}")
+        return None
+    try:
+        width, height, mode = inspect_image(pending.path)
+    except OSError as error:
+        log.add(UNREADABLE_IMAGE, pending.source, pending.path, DROPPED,
+                f"{error}, boxes left out: {len(pending.boxes)}")
+        return None
+    if mode != RGB_MODE:
+        log.add(NOT_RGB, pending.source, f"{pending.path} mode {mode}", FIXED,
+                "kept, because the training and prediction loaders convert it to 3-channel RGB")
+    if pending.declared_size is not None:
+        declared_width, declared_height = pending.declared_size
+        if declared_width <= 0 or declared_height <= 0:
+            log.add(SIZE_MISSING, pending.source, f"{declared_width}x{declared_height}", FIXED,
+                    f"used the image's own size {width}x{height}")
+        elif (declared_width, declared_height) != (width, height):
+            log.add(SIZE_MISMATCH, pending.source, f"{declared_width}x{declared_height}", ERROR,
+                    f"{pending.path} is {width}x{height}, so fix the size or the boxes")
+            return None
+    faces = [face for face in (check_box(raw, width, height, log) for raw in pending.boxes) if face is not None]
+    if pending.boxes and not faces:
+        # Kept, the image would read as one without faces, and every detection on it would count
+        # as a false positive.
+        log.add(NO_FACE_LEFT, pending.source, pending.path, DROPPED,
+                f"all {len(pending.boxes)} of its boxes were dropped or rejected")
+        return None
+    return ImageEntry(pending.key, pending.path, width, height, faces, pending.group, pending.source)
+
+
+def check_images(pending: Iterable[PendingImage], classes: dict[str, int], log: ProblemLog) -> Dataset:
+    """Decode every image and round, clip and check its boxes; return the dataset with all problems."""
+    pending = list(pending)
+    images = []
+    # The context manager closes the bar before an error propagates, so the error message is printed last.
+    with tqdm(pending, desc="check images", unit="image") as bar:
+        for item in bar:
+            entry = check_image(item, log)
+            if entry is not None:
+                images.append(entry)
+    missing = [item.key for item in pending if not item.path.is_file()]
+    return Dataset(images, classes, log.problems, [item.key for item in pending], missing)
+
+
+# --- coordinates, classes and paths ------------------------------------------------------
+
+
+def parse_coordinate(text: str, name: str, where: str, log: ProblemLog) -> float | None:
+    """Parse one coordinate; record a float written for an integer, a fraction, or an invalid number."""
+    stripped = text.strip()
+    try:
+        value = float(stripped)
+    except ValueError:
+        log.add(MALFORMED, where, f"{name}={text!r}", ERROR, f"{name} must be a number of pixels")
+        return None
+    if not math.isfinite(value):
+        log.add(MALFORMED, where, f"{name}={text!r}", ERROR, f"{name} must be a finite number of pixels")
+        return None
+    if re.fullmatch(r"[+-]?\d+", stripped):
+        return value
+    if value.is_integer():
+        log.add(INTEGER_AS_FLOAT, where, f"{name}={text}", FIXED, f"read as {int(value)}")
+    else:
+        log.add(FRACTIONAL_COORDINATE, where, f"{name}={text}", FIXED,
+                "rounded outward (floor for x1 and y1, ceil for x2 and y2)")
+    return value
+
+
+def match_class(name: str, classes: dict[str, int], where: str, log: ProblemLog) -> str | None:
+    """Return the mapping's spelling of ``name``; record a respelled or unknown name."""
+    if name in classes:
+        return name
+    folded = {known.casefold(): known for known in classes}
+    known = folded.get(name.strip().casefold())
+    if known is None:
+        log.add(UNKNOWN_CLASS, where, repr(name), ERROR,
+                f"not in the class mapping ({', '.join(sorted(classes)) or 'empty'})")
+        return None
+    log.add(CLASS_NAME_SPELLING, where, repr(name), FIXED, f"replaced by {known!r} from the class mapping")
+    return known
+
+
+def read_classes(path: Path, log: ProblemLog) -> dict[str, int]:
+    """Read a keras-retinanet class CSV (``class_name,id`` per line) into name -> id."""
+    classes: dict[str, int] = {}
+    seen_names: dict[str, str] = {}
+    seen_ids: dict[int, str] = {}
+    try:
+        rows = _read_csv_rows(path)
+    except OSError as error:
+        raise DataError(f"{path}: cannot read the class mapping: {error.strerror or error}") from None
+    for number, row in rows:
+        where = f"{path} line {number}"
+        if not row:
+            continue
+        if len(row) != 2:
+            log.add(MALFORMED, where, ",".join(row), ERROR, "expected 'class_name,id'")
+            continue
+        raw_name, raw_id = row
+        name = raw_name.strip()
+        if name != raw_name:
+            log.add(MAPPING_SPACES, where, repr(raw_name), FIXED, f"stripped to {name!r}")
+        try:
+            class_id = int(raw_id)
+        except ValueError:
+            log.add(MALFORMED, where, f"id={raw_id!r}", ERROR, "the class id must be an integer")
+            continue
+        folded = name.casefold()
+        if folded in seen_names:
+            log.add(DUPLICATE_CLASS, where, repr(raw_name), ERROR, f"same name as {seen_names[folded]}")
+            continue
+        if class_id in seen_ids:
+            log.add(DUPLICATE_CLASS, where, f"id={class_id}", ERROR, f"same id as {seen_ids[class_id]}")
+            continue
+        seen_names[folded] = where
+        seen_ids[class_id] = where
+        classes[name] = class_id
+    if not classes and not log.problems:
+        log.add(MALFORMED, str(path), "empty", ERROR, "the class mapping has no classes")
+    return classes
+
+
+def resolve_image_path(text: str, root: Path, where: str, log: ProblemLog) -> tuple[str, Path]:
+    """Return (key, path) of an image named in an annotation file, relative to ``root``.
+
+    Windows separators become ``/``. A relative path is resolved against ``root`` (the folder
+    of the annotation CSV or the images folder), never against the working folder.
+    """
+    if "\\" in text:
+        fixed = text.replace("\\", "/")
+        log.add(WINDOWS_SEPARATOR, where, text, FIXED, f"read as {fixed}")
+        text = fixed
+    path = Path(text)
+    if path.is_absolute():
+        return path.as_posix(), path
+    return Path(os.path.normpath(text)).as_posix(), root / path
+
+
+def _read_csv_rows(path: Path) -> list[tuple[int, list[str]]]:
+    # csv.reader's line_num counts physical lines, so quoted fields with newlines keep true numbers.
+    with path.open(newline="", encoding="utf-8-sig") as handle:
+        reader = csv.reader(handle)
+        return [(reader.line_num, row) for row in reader]
+
+
+# --- readers -----------------------------------------------------------------------------
+
+
+def read_csv(annotations: Path, classes_csv: Path | None = None) -> Dataset:
+    """Read a keras-retinanet annotation CSV and its class CSV into a checked Dataset.
+
+    ``classes_csv`` defaults to ``classes.csv`` next to the annotation CSV.
+    """
+    log = ProblemLog()
+    classes_csv = classes_csv if classes_csv is not None else annotations.parent / "classes.csv"
+    classes = read_classes(classes_csv, log)
+    try:
+        rows = _read_csv_rows(annotations)
+    except OSError as error:
+        raise DataError(f"{annotations}: cannot read the annotations: {error.strerror or error}") from None
+
+    pending: dict[str, PendingImage] = {}
+    for number, row in tqdm(rows, desc="read CSV", unit="row"):
+        where = f"{annotations} line {number}"
+        if not row or all(not value.strip() for value in row):
+            log.add(BLANK_LINE, where, repr(",".join(row)), FIXED, "skipped")
+            continue
+        if len(row) != CSV_FIELDS:
+            log.add(MALFORMED, where, ",".join(row), ERROR,
+                    f"{len(row)} fields, expected 'path,x1,y1,x2,y2,class_name' or 'path,,,,,'")
+            continue
+        key, path = resolve_image_path(row[0], annotations.parent, where, log)
+        if all(not value.strip() for value in row[1:]):
+            pending.setdefault(key, PendingImage(key, path, None, where))
+            continue
+        # A row with an error adds no image, so a header line does not also report a missing image "path".
+        raw = _parse_csv_box(row, where, classes, log)
+        if raw is not None:
+            pending.setdefault(key, PendingImage(key, path, None, where)).boxes.append(raw)
+    return check_images(pending.values(), classes, log)
+
+
+def _parse_csv_box(row: list[str], where: str, classes: dict[str, int], log: ProblemLog) -> RawBox | None:
+    names = ("x1", "y1", "x2", "y2")
+    values = [parse_coordinate(text, name, where, log) for text, name in zip(row[1:5], names)]
+    class_name = match_class(row[5], classes, where, log)
+    if any(value is None for value in values) or class_name is None:
+        return None
+    return RawBox(tuple(values), class_name, where)
+
+
+def _xml_text(element, tag: str, where: str, log: ProblemLog) -> str | None:
+    child = element.find(tag)
+    if child is None or child.text is None:
+        log.add(MALFORMED, where, f"<{tag}> missing", ERROR, f"expected a <{tag}> element with a value")
+        return None
+    return child.text.strip()
+
+
+def read_voc(xml_dir: Path, images_dir: Path | None = None, classes_csv: Path | None = None) -> Dataset:
+    """Read a folder of Pascal VOC XML files into a checked Dataset.
+
+    Image files are ``images_dir / <filename>`` (default: the XML folder). VOC pixel indices
+    are 1-based and inclusive (VOC development kit documentation), so the box edges are
+    (xmin - 1, ymin - 1, xmax, ymax). keras-retinanet's own VOC reader subtracts 1 from xmax
+    and ymax too, one pixel less on the right and bottom. Without ``classes_csv`` the classes
+    are the object names found, sorted, with ids 0, 1, ...
+    """
+    log = ProblemLog()
+    images_dir = images_dir if images_dir is not None else xml_dir
+    xml_files = sorted(xml_dir.glob("*.xml"))
+    if not xml_files:
+        raise DataError(f"{xml_dir}: no .xml files found, expected Pascal VOC annotation files")
+
+    parsed = []
+    for xml_path in tqdm(xml_files, desc="read VOC", unit="file"):
+        try:
+            root = ElementTree.parse(xml_path).getroot()
+        except ElementTree.ParseError as error:
+            line, column = error.position
+            log.add(MALFORMED, f"{xml_path} line {line}", f"column {column}", ERROR, f"invalid XML: {error}")
+            continue
+        parsed.append((xml_path, root))
+
+    if classes_csv is not None:
+        classes = read_classes(classes_csv, log)
+    else:
+        names = sorted({(obj.findtext("name") or "").strip() for _, root in parsed for obj in root.iter("object")})
+        classes = {name: class_id for class_id, name in enumerate(name for name in names if name)}
+
+    pending: dict[str, PendingImage] = {}
+    for xml_path, root in parsed:
+        _read_voc_file(xml_path, root, images_dir, classes, pending, log)
+    return check_images(pending.values(), classes, log)
+
+
+def _read_voc_file(xml_path: Path, root, images_dir: Path, classes: dict[str, int],
+                   pending: dict[str, PendingImage], log: ProblemLog) -> None:
+    filename = _xml_text(root, "filename", str(xml_path), log)
+    if filename is None:
+        return
+    key, path = resolve_image_path(filename, images_dir, f"{xml_path} <filename>", log)
+    image = pending.setdefault(key, PendingImage(key, path, None, str(xml_path)))
+    width = root.findtext("size/width")
+    height = root.findtext("size/height")
+    try:
+        declared = (int(float(width or 0)), int(float(height or 0)))
+    except ValueError:
+        log.add(MALFORMED, f"{xml_path} <size>", f"{width}x{height}", ERROR, "width and height must be numbers")
+        return
+    image.declared_size = declared
+
+    for index, obj in enumerate(root.iter("object"), start=1):
+        where = f"{xml_path} object {index}"
+        name = _xml_text(obj, "name", where, log)
+        box = obj.find("bndbox")
+        if box is None:
+            log.add(MALFORMED, where, "<bndbox> missing", ERROR, "expected <bndbox> with xmin, ymin, xmax, ymax")
+            continue
+        texts = [_xml_text(box, tag, where, log) for tag in ("xmin", "ymin", "xmax", "ymax")]
+        if name is None or any(text is None for text in texts):
+            continue
+        values = [parse_coordinate(text, tag, where, log) for text, tag in zip(texts, ("xmin", "ymin", "xmax", "ymax"))]
+        class_name = match_class(name, classes, where, log)
+        if any(value is None for value in values) or class_name is None:
+            continue
+        xmin, ymin, xmax, ymax = values
+        image.boxes.append(RawBox((xmin - 1, ymin - 1, xmax, ymax), class_name, where))
+
+
+def fddb_fold_files(folds_dir: Path) -> list[tuple[int, Path, Path]]:
+    """Return (fold number, image list, ellipse list) for every ``FDDB-fold-NN.txt`` in ``folds_dir``."""
+    folds = []
+    for path in sorted(folds_dir.glob("FDDB-fold-*.txt")):
+        match = FDDB_FOLD_PATTERN.match(path.name)
+        if match is None:
+            continue
+        ellipses = path.with_name(f"{path.stem}-ellipseList.txt")
+        if not ellipses.is_file():
+            raise DataError(f"{path}: the matching ellipse list {ellipses.name} is not found")
+        folds.append((int(match.group(1)), path, ellipses))
+    if not folds:
+        raise DataError(f"{folds_dir}: no FDDB-fold-NN.txt files found")
+    return folds
+
+
+def read_fddb(folds_dir: Path, images_dir: Path) -> Dataset:
+    """Read FDDB fold files into a checked Dataset; each image's group is its FDDB fold number.
+
+    Each ellipse-list entry is a path line without ``.jpg`` (``2002/08/11/big/img_591``), a
+    face count, and one line ``major_radius minor_radius angle center_x center_y 1`` per face,
+    the angle in radians. Each ellipse becomes the tight box of ``ellipse_box``, rounded
+    outward and clipped to the image. The image order must equal the fold's image list.
+    """
+    log = ProblemLog()
+    pending: dict[str, PendingImage] = {}
+    for fold, list_path, ellipse_path in fddb_fold_files(folds_dir):
+        listed = [line.strip() for line in list_path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        entries = _read_ellipse_list(ellipse_path, log)
+        names = [name for name, _, _ in entries]
+        if names != listed:
+            first = next((i for i, (a, b) in enumerate(zip(names, listed)) if a != b), min(len(names), len(listed)))
+            log.add(MALFORMED, f"{list_path} line {first + 1}",
+                    listed[first] if first < len(listed) else "end of file", ERROR,
+                    f"the image order differs from {ellipse_path.name} ({len(listed)} vs {len(names)} images)")
+        for name, where, boxes in entries:
+            key = f"{name}{FDDB_IMAGE_SUFFIX}"
+            image = pending.setdefault(key, PendingImage(key, images_dir / key, fold, where))
+            image.boxes.extend(boxes)
+    return check_images(pending.values(), {FDDB_CLASS: 0}, log)
+
+
+def _read_ellipse_list(path: Path, log: ProblemLog) -> list[tuple[str, str, list[RawBox]]]:
+    lines = path.read_text(encoding="utf-8").splitlines()
+    entries = []
+    index = 0
+    while index < len(lines):
+        name = lines[index].strip()
+        where = f"{path} line {index + 1}"
+        index += 1
+        if not name:
+            continue
+        count_text = lines[index].strip() if index < len(lines) else ""
+        if not count_text.isdigit():
+            log.add(MALFORMED, f"{path} line {index + 1}", repr(count_text), ERROR,
+                    f"expected the number of faces of {name}")
+            return entries
+        index += 1
+        boxes = []
+        for _ in range(int(count_text)):
+            face_where = f"{path} line {index + 1}"
+            fields = lines[index].split() if index < len(lines) else []
+            index += 1
+            try:
+                values = [float(text) for text in fields]
+            except ValueError:
+                values = []
+            if len(values) != FDDB_FACE_FIELDS:
+                log.add(MALFORMED, face_where, repr(" ".join(fields)), ERROR,
+                        "expected 'major_radius minor_radius angle center_x center_y 1'")
+                continue
+            boxes.append(RawBox(ellipse_box(*values[:5]), FDDB_CLASS, face_where))
+        entries.append((name, where, boxes))
+    return entries
+
+
+# --- reporting and writing ---------------------------------------------------------------
+
+
+def count_problems(problems: Sequence[Problem]) -> Counter:
+    """Count problems by (case, action)."""
+    return Counter((problem.case, problem.action) for problem in problems)
+
+
+def log_problems(problems: Sequence[Problem]) -> None:
+    """Log one warning per fixed or dropped case: its count and the first few examples."""
+    for (case, action), count in sorted(count_problems(problems).items()):
+        if action == ERROR:
+            continue
+        examples = [problem for problem in problems if problem.case == case and problem.action == action]
+        listed = "; ".join(f"{problem.where}: {problem.value}" for problem in examples[:LOGGED_EXAMPLES])
+        more = f"; and {count - LOGGED_EXAMPLES} more" if count > LOGGED_EXAMPLES else ""
+        logger.warning("%s: %d %s (%s%s)", case, count, action, listed, more)
+
+
+def raise_on_errors(dataset: Dataset) -> None:
+    """Raise DataError listing every error problem of ``dataset``, one per line; do nothing if none."""
+    errors = dataset.errors()
+    if errors:
+        lines = "\n".join(problem.line() for problem in errors)
+        raise DataError(f"{len(errors)} errors in the annotations:\n{lines}")
+
+
+def format_annotations_csv(images: Sequence[ImageEntry], csv_dir: Path) -> str:
+    """Format keras-retinanet annotation rows, paths relative to ``csv_dir`` with ``/`` separators.
+
+    An image without faces becomes ``path,,,,,`` (keras-retinanet reads it as a background image).
+    """
+    rows = []
+    for image in images:
+        path = Path(os.path.relpath(image.path, csv_dir)).as_posix()
+        if not image.faces:
+            rows.append([path, "", "", "", "", ""])
+        for face in image.faces:
+            rows.append([path, face.x1, face.y1, face.x2, face.y2, face.class_name])
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerows(rows)
+    return buffer.getvalue()
+
+
+def format_classes_csv(classes: dict[str, int]) -> str:
+    """Format the class mapping as keras-retinanet's ``class_name,id`` lines, by id."""
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerows(sorted(classes.items(), key=lambda item: item[1]))
+    return buffer.getvalue()
+
