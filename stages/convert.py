@@ -30,12 +30,18 @@ Outputs:
   relative to the CSV's folder with ``/`` separators (keras-retinanet resolves them from
   there), and ``path,,,,,`` for an image without faces;
 - ``--out-classes``: the class mapping, ``face,0`` for caltech and fddb;
-- ``--summary``: JSON with image and box counts and box sizes in pixels.
+- ``--summary``: JSON with image and box counts and box sizes in pixels;
+- ``--out-groups`` (optional): ``groups.csv`` for the split stage, ``image,group`` per image with
+  the path as in ``--out-csv`` (see ``stages.split.dataset_groups``), or ``image,fold`` for FDDB.
+
+The dataset comes from the ``dataset`` section of the parameter file, or from ``--raw`` and the
+options after it when ``--raw`` is given (then nothing is read from that section).
 
 Command line::
 
-    python -m stages.convert --params params.yaml [--profile P] [--format caltech|csv|voc|fddb] \\
-        --raw data/raw/caltech-faces-1999 [--classes CSV] [--images DIR] \\
+    python -m stages.convert --params params.yaml [--profile P] \\
+        [--raw PATH [--format caltech|csv|voc|fddb] [--classes CSV] [--images DIR] [--groups CSV]] \\
+        [--persons stages/resources/caltech_persons.csv] [--out-groups data/interim/groups.csv] \\
         --out-csv data/interim/annotations.csv --out-classes data/interim/classes.csv \\
         --summary reports/metrics/data.json
 """
@@ -47,18 +53,19 @@ import json
 import logging
 import sys
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import scipy.io
 
-from stages import importers
+from stages import importers, split
 from stages.atomic import write_text_atomic
 from stages.cli import run_stage
 from stages.errors import DataError
 from stages.importers import Dataset, ImageEntry, PendingImage, ProblemLog, RawBox, check_images
-from stages.params import add_params_arguments, load_params
+from stages.params import ParamsError, add_params_arguments, load_params
 
 logger = logging.getLogger(__name__)
 
@@ -241,9 +248,10 @@ def build_parser() -> argparse.ArgumentParser:
         "FDDB-fold-NN.txt and FDDB-fold-NN-ellipseList.txt files",
     )
     parser.add_argument(
-        "--raw", type=Path, required=True,
+        "--raw", type=Path, default=None,
         help="the dataset: the extracted archive folder (caltech), annotation CSV (csv), XML folder (voc) "
-        "or fold-file folder (fddb)",
+        "or fold-file folder (fddb); default: the dataset section of the parameter file, which then also "
+        "sets --format, --classes, --images and --groups",
     )
     parser.add_argument(
         "--classes", type=Path, default=None,
@@ -255,6 +263,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="image folder for voc (default: the XML folder) and fddb (required); image paths are relative to it",
     )
     parser.add_argument(
+        "--groups", type=Path, default=None,
+        help="CSV image,group that gives each image's person, for csv and voc (default: every image is its own group)",
+    )
+    parser.add_argument(
+        "--persons", type=Path, default=None,
+        help="person CSV person,first_image,last_image of the caltech format, needed with --out-groups",
+    )
+    parser.add_argument(
+        "--out-groups", type=Path, default=None,
+        help="groups.csv to write for the split stage (image,group, or image,fold for fddb)",
+    )
+    parser.add_argument(
         "--out-csv", type=Path, required=True, help="annotation CSV to write (path,x1,y1,x2,y2,class_name)"
     )
     parser.add_argument("--out-classes", type=Path, required=True, help="class CSV to write (class_name,id)")
@@ -262,14 +282,68 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@dataclass(frozen=True)
+class DatasetSource:
+    """Where a dataset is and how to read it: the ``dataset`` parameters or their command-line options."""
+
+    data_format: str
+    annotations: Path
+    images: Path | None
+    classes: Path | None
+    groups: Path | None
+
+
+def dataset_source(args: argparse.Namespace, dataset_params: dict, source: str) -> DatasetSource:
+    """Return the dataset that ``--raw`` and its options name, else the one of the ``dataset`` parameters.
+
+    Raises ParamsError for ``dataset.classes`` or ``dataset.groups`` set with caltech or fddb,
+    whose single class and groups are fixed.
+    """
+    if args.raw is not None:
+        return DatasetSource(args.data_format, args.raw, args.images, args.classes, args.groups)
+
+    data_format = dataset_params["format"]
+    for key in ("classes", "groups"):
+        if data_format in ("caltech", "fddb") and dataset_params[key] is not None:
+            raise ParamsError(
+                f"{source}: dataset.{key} is {dataset_params[key]!r}, but the {data_format} format has a fixed "
+                f"{'class' if key == 'classes' else 'grouping'}; set it to null"
+            )
+    optional = {key: Path(dataset_params[key]) if dataset_params[key] is not None else None
+                for key in ("classes", "groups")}
+    return DatasetSource(data_format, Path(dataset_params["annotations"]), Path(dataset_params["images"]),
+                         optional["classes"], optional["groups"])
+
+
+def warn_untracked_images(images: Sequence[ImageEntry], images_dir: Path) -> None:
+    """Log a warning naming the images outside ``images_dir``, because DVC does not see them change."""
+    root = images_dir.resolve()
+    outside = [image.key for image in images if not image.path.resolve().is_relative_to(root)]
+    if outside:
+        logger.warning(
+            "%d images are outside dataset.images (%s), so DVC does not rerun this stage when they change: %s",
+            len(outside), images_dir, ", ".join(outside[:3]) + (", ..." if len(outside) > 3 else ""),
+        )  # fmt: skip
+
+
 def run(args: argparse.Namespace) -> None:
     """Run the convert stage with parsed command-line arguments."""
-    params = load_params(args.params, args.profile)["convert"]
-    dataset = read_dataset(args.data_format, args.raw, args.classes, args.images)
-    annotations_csv, classes_csv, summary = convert(dataset, args.out_csv, params["max_images"])
+    params = load_params(args.params, args.profile)
+    source = dataset_source(args, params["dataset"], str(args.params))
+    dataset = read_dataset(source.data_format, source.annotations, source.classes, source.images)
+    annotations_csv, classes_csv, summary = convert(dataset, args.out_csv, params["convert"]["max_images"])
+    if source.images is not None:
+        warn_untracked_images(dataset.images, source.images)
+    groups_csv = None
+    if args.out_groups is not None:
+        used = select_images(dataset, params["convert"]["max_images"])
+        groups = split.dataset_groups(used, source.data_format, args.persons, source.groups)
+        groups_csv = split.format_groups_csv(used, groups, args.out_csv.parent)
 
     write_text_atomic(args.out_csv, annotations_csv)
     write_text_atomic(args.out_classes, classes_csv)
+    if groups_csv is not None:
+        write_text_atomic(args.out_groups, groups_csv)
     write_text_atomic(args.summary, json.dumps(summary, indent=2) + "\n")
     logger.info(
         "wrote %d boxes of %d images to %s (%d of %d images present, %d boxes clipped to the image)",

@@ -11,6 +11,7 @@ Each archive member is checked before anything is extracted, and the whole archi
 rejected if one member is unsafe. The members are extracted into a staging folder next to
 ``--out``, which then replaces ``--out``. The stage always verifies and extracts again, even
 when ``--out`` already contains the data, because DVC removes the outputs before it runs a stage.
+For a ``dataset.format`` other than caltech it only leaves ``--out`` as an empty folder.
 
 Command line::
 
@@ -43,6 +44,8 @@ from stages.params import add_params_arguments, load_params
 logger = logging.getLogger(__name__)
 
 DATASET_NAME = "caltech-faces-1999"
+# The dataset.format value whose images this stage downloads.
+DATASET_FORMAT = "caltech"
 ARCHIVE_NAME = "faces.tar"
 CHECKSUMS_NAME = "SHA256SUMS"
 MIRROR_ENV = "EMOTIVELENS_MIRROR"
@@ -312,8 +315,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> None:
-    """Run the download stage with parsed command-line arguments."""
-    params = load_params(args.params, args.profile)["download"]
+    """Run the download stage with parsed command-line arguments.
+
+    With a ``dataset.format`` other than caltech the stage downloads nothing and leaves ``--out``
+    as an empty folder, so a pipeline on a user's own dataset needs no network.
+    """
+    all_params = load_params(args.params, args.profile)
+    data_format = all_params["dataset"]["format"]
+    if data_format != DATASET_FORMAT:
+        with atomic_directory(args.out):
+            pass
+        logger.info(
+            "dataset.format is %s, not %s: nothing to download, %s left empty", data_format, DATASET_FORMAT, args.out
+        )
+        return
+    params = all_params["download"]
     mirror_root = resolve_mirror_root(args.mirror, os.environ)
     names = fetch_and_extract(params, mirror_root, args.out)
     images = sum(1 for name in names if name.lower().endswith(".jpg"))

@@ -1,9 +1,17 @@
 """Stage split: assign the annotated images to cross-validation folds grouped by person.
 
-Each image gets its person from a CSV of inclusive image-number ranges
-(``stages/resources/caltech_persons.csv``, columns ``person,first_image,last_image``).
-scikit-learn's ``GroupKFold(n_splits=split.folds, shuffle=True, random_state=split.seed)``
-then assigns whole persons to folds. With ``shuffle=True`` it permutes the persons and cuts
+Each image gets its person (its group) from one of two inputs:
+
+- ``--groups``: the ``groups.csv`` that the convert stage writes beside the annotation CSV, with
+  the header ``image,group`` (a person per image) or ``image,fold`` (folds that the dataset
+  defines itself, as FDDB does). ``image`` is the path exactly as in the annotation CSV.
+- ``--persons``: a CSV of inclusive image-number ranges for Caltech file names
+  (``stages/resources/caltech_persons.csv``, columns ``person,first_image,last_image``).
+
+With ``image,fold`` every fold of the file becomes one fold of the split, in the order of the
+fold values (numeric when all are integers), and ``split.folds`` must equal their number.
+Otherwise scikit-learn's ``GroupKFold(n_splits=split.folds, shuffle=True, random_state=split.seed)``
+assigns whole persons to folds. With ``shuffle=True`` it permutes the persons and cuts
 them into parts of nearly equal person count, not image count, so the number of test
 images differs between folds. No person, and no image, is ever in both the training and
 the test part of one fold, and every image is in the test part of exactly one fold.
@@ -13,12 +21,17 @@ Outputs, written to a staging folder that then replaces ``--out``:
 - ``folds.csv``: ``image,person,fold,path``, one row per image, ``path`` relative to ``--out``;
 - ``fold{k}/train.csv`` and ``fold{k}/test.csv`` for k = 0 .. folds - 1: the keras-retinanet
   annotation rows of the training and test images, with each path rewritten relative to
-  ``fold{k}/``. All rows of one image stay together.
+  ``fold{k}/``. All rows of one image stay together, including the ``path,,,,,`` row of an
+  image without faces.
+
+The evaluation stages identify an image by its file name, so two images with the same file
+name in different folders are rejected.
 
 Command line::
 
     python -m stages.split --params params.yaml [--profile P] \\
-        --annotations data/interim/annotations.csv --persons stages/resources/caltech_persons.csv \\
+        --annotations data/interim/annotations.csv \\
+        (--groups data/interim/groups.csv | --persons stages/resources/caltech_persons.csv) \\
         --out data/splits
 """
 
@@ -42,12 +55,16 @@ from tqdm import tqdm
 from stages.atomic import atomic_directory
 from stages.cli import run_stage
 from stages.errors import DataError
+from stages.importers import ImageEntry
 from stages.params import add_params_arguments, load_params
 
 logger = logging.getLogger(__name__)
 
 PERSONS_HEADER = ["person", "first_image", "last_image"]
 FOLDS_HEADER = ["image", "person", "fold", "path"]
+GROUPS_HEADER = ["image", "group"]
+# The header of a groups.csv whose groups are the dataset's own folds (FDDB).
+PREDEFINED_FOLDS_HEADER = ["image", "fold"]
 ANNOTATION_FIELDS = 6
 COORDINATE_COLUMNS = ("x1", "y1", "x2", "y2")
 IMAGE_NUMBER = re.compile(r"image_(\d+)\.jpg")
@@ -114,6 +131,8 @@ def parse_persons(text: str, source: str) -> list[PersonRange]:
 
 
 def _check_annotation_row(row: Sequence[str], where: str) -> None:
+    if not any(value.strip() for value in row[1:]):
+        return  # path,,,,, lists an image without faces
     for column, value in zip(COORDINATE_COLUMNS, row[1:5]):
         try:
             int(value)
@@ -126,7 +145,8 @@ def _check_annotation_row(row: Sequence[str], where: str) -> None:
 def parse_annotations(text: str, source: str) -> dict[str, list[list[str]]]:
     """Group the rows of a keras-retinanet annotation CSV by image path, in file order.
 
-    An image may have several rows, one per face, and they stay together.
+    An image may have several rows, one per face, and they stay together. A row ``path,,,,,``
+    lists an image without faces.
     Raises DataError naming ``source`` and the line for a row without 6 fields, a coordinate
     that is not an integer (keras-retinanet reads them with ``int``) or an empty class name.
     """
@@ -162,6 +182,154 @@ def assign_persons(paths: Sequence[str], ranges: Sequence[PersonRange], persons_
             raise DataError(f"image {path!r}: image number {number} is in no person range of {persons_source}")
         persons.append(matches[0])
     return persons
+
+
+@dataclass(frozen=True)
+class Groups:
+    """The group of every image path in a groups.csv, and whether the groups are the dataset's own folds."""
+
+    group_of_image: dict[str, str]
+    predefined_folds: bool
+
+
+def parse_groups(text: str, source: str) -> Groups:
+    """Parse a groups.csv with the header ``image,group`` or ``image,fold`` (see the module docstring).
+
+    Raises DataError naming ``source``, the line and the value for a wrong header, a row without
+    two fields, an empty image or group, an image listed twice, or a file without rows.
+    """
+    rows = list(csv.reader(io.StringIO(text)))
+    headers = (GROUPS_HEADER, PREDEFINED_FOLDS_HEADER)
+    if not rows or rows[0] not in headers:
+        found = rows[0] if rows else "an empty file"
+        raise DataError(f"{source} line 1: expected the header image,group or image,fold, found {found}")
+
+    group_of_image: dict[str, str] = {}
+    line_of_image: dict[str, int] = {}
+    for line, row in enumerate(rows[1:], start=2):
+        where = f"{source} line {line}"
+        if not row:
+            continue
+        if len(row) != 2:
+            raise DataError(f"{where}: expected 2 fields image,group, found {len(row)}: {row}")
+        image, group = row[0], row[1].strip()
+        if not image or not group:
+            raise DataError(f"{where}: empty image or group in {row}")
+        if image in group_of_image:
+            raise DataError(f"{where}: image {image!r} already listed on line {line_of_image[image]}")
+        group_of_image[image] = group
+        line_of_image[image] = line
+    if not group_of_image:
+        raise DataError(f"{source}: no images listed")
+    return Groups(group_of_image, rows[0] == PREDEFINED_FOLDS_HEADER)
+
+
+def assign_groups(paths: Sequence[str], groups: Groups, source: str) -> list[int] | list[str]:
+    """Return the group of each image path, as integers when every group is an integer.
+
+    Integer groups keep the fold assignment of the person CSV, because GroupKFold orders the
+    distinct groups by value. Raises DataError naming the images that ``source`` does not list.
+    """
+    missing = [path for path in paths if path not in groups.group_of_image]
+    if missing:
+        examples = ", ".join(repr(path) for path in missing[:3])
+        raise DataError(
+            f"{source}: no group for {len(missing)} images of the annotations (for example {examples}); "
+            "rerun the convert stage, which writes both files"
+        )
+    values = [groups.group_of_image[path] for path in paths]
+    if all(_is_integer(value) for value in values):
+        return [int(value) for value in values]
+    return values
+
+
+def _is_integer(text: str) -> bool:
+    return text.removeprefix("-").isdigit()
+
+
+def predefined_folds(fold_names: Sequence[int] | Sequence[str], folds: int, source: str) -> list[int]:
+    """Return the fold index (0 .. folds - 1) of each image whose dataset defines its own folds.
+
+    The distinct fold names are sorted and numbered from 0. Raises DataError when their count
+    differs from ``folds`` (split.folds), because the dataset's folds are kept as they are.
+    """
+    distinct = sorted(set(fold_names))
+    if len(distinct) != folds:
+        listed = ", ".join(map(str, distinct))
+        raise DataError(
+            f"{source}: the dataset defines {len(distinct)} folds ({listed}) but split.folds = {folds}; "
+            f"set split.folds to {len(distinct)}, because the dataset's own folds are kept"
+        )
+    index = {name: position for position, name in enumerate(distinct)}
+    return [index[name] for name in fold_names]
+
+
+def check_unique_file_names(paths: Sequence[str], source: str) -> None:
+    """Raise DataError when two image paths share a file name.
+
+    The evaluation stages identify an image by its file name, so two such images would merge.
+    """
+    first_path: dict[str, str] = {}
+    for path in paths:
+        name = PurePosixPath(path).name
+        if name in first_path:
+            raise DataError(
+                f"{source}: images {first_path[name]!r} and {path!r} have the same file name {name}; the "
+                "evaluation stages identify images by file name, so leave one out or rename it"
+            )
+        first_path[name] = path
+
+
+def _normalize_image_key(text: str) -> str:
+    # The same normalization as the keys of stages.importers: "/" separators, no "." or "..".
+    return Path(os.path.normpath(text.replace("\\", "/"))).as_posix()
+
+
+def dataset_groups(
+    images: Sequence[ImageEntry], data_format: str, persons_csv: Path | None, groups_csv: Path | None
+) -> Groups:
+    """Return the group of each image of a converted dataset, keyed by ``ImageEntry.key``.
+
+    caltech: the person from the person-range CSV ``persons_csv``; fddb: the FDDB fold, as the
+    dataset's own folds; csv and voc: the group from ``groups_csv`` (``image,group``, or
+    ``image,fold`` for folds of the user's own, with image paths as in the annotations), or
+    the image itself when ``groups_csv`` is None.
+    """
+    keys = [image.key for image in images]
+    if data_format == "caltech":
+        if persons_csv is None:
+            raise DataError("the caltech format needs the person CSV (--persons) to group images by person")
+        ranges = parse_persons(_read_text(persons_csv), str(persons_csv))
+        persons = assign_persons(keys, ranges, str(persons_csv))
+        return Groups({key: str(person) for key, person in zip(keys, persons)}, predefined_folds=False)
+    if data_format == "fddb":
+        return Groups({image.key: str(image.group) for image in images}, predefined_folds=True)
+    if groups_csv is None:
+        return Groups({key: key for key in keys}, predefined_folds=False)
+
+    listed = parse_groups(_read_text(groups_csv), str(groups_csv))
+    by_key = {_normalize_image_key(image): group for image, group in listed.group_of_image.items()}
+    missing = [key for key in keys if key not in by_key]
+    if missing:
+        examples = ", ".join(repr(key) for key in missing[:3])
+        raise DataError(
+            f"{groups_csv}: no group for {len(missing)} of {len(keys)} images (for example {examples}); "
+            "list every image with its path as in the annotations"
+        )
+    unused = len(by_key) - len(keys)
+    if unused:
+        logger.info("%s: %d listed images are not in the converted dataset and are ignored", groups_csv, unused)
+    return Groups({key: by_key[key] for key in keys}, listed.predefined_folds)
+
+
+def format_groups_csv(images: Sequence[ImageEntry], groups: Groups, csv_dir: Path) -> str:
+    """Format groups.csv for ``images``: each path written as the annotation CSV in ``csv_dir`` writes it."""
+    header = PREDEFINED_FOLDS_HEADER if groups.predefined_folds else GROUPS_HEADER
+    rows: list[list[str]] = [header]
+    for image in images:
+        path = Path(os.path.relpath(image.path, csv_dir)).as_posix()
+        rows.append([path, groups.group_of_image[image.key]])
+    return _format_csv(rows)
 
 
 def assign_folds(persons: Sequence[int], folds: int, seed: int, source: str = "annotations") -> list[int]:
@@ -260,8 +428,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_params_arguments(parser)
     parser.add_argument("--annotations", type=Path, required=True, help="keras-retinanet annotation CSV of all images")
-    parser.add_argument(
-        "--persons", type=Path, required=True, help="CSV of person,first_image,last_image image-number ranges"
+    grouping = parser.add_mutually_exclusive_group(required=True)
+    grouping.add_argument(
+        "--groups", type=Path,
+        help="groups.csv of the convert stage: image,group (a person per image) or image,fold (the dataset's folds)",
+    )
+    grouping.add_argument(
+        "--persons", type=Path, help="CSV of person,first_image,last_image image-number ranges (Caltech file names)"
     )
     parser.add_argument(
         "--out", type=Path, required=True, help="folder to write folds.csv and fold{k}/ into; replaced if it exists"
@@ -269,15 +442,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def group_and_fold(paths: Sequence[str], args: argparse.Namespace, params: dict) -> tuple[list, list[int]]:
+    """Return the person (group) and the test fold of each image path, from --persons or --groups."""
+    if args.persons is not None:
+        ranges = parse_persons(_read_text(args.persons), str(args.persons))
+        persons = assign_persons(paths, ranges, str(args.persons))
+        return persons, assign_folds(persons, params["folds"], params["seed"], str(args.annotations))
+
+    groups = parse_groups(_read_text(args.groups), str(args.groups))
+    persons = assign_groups(paths, groups, str(args.groups))
+    if groups.predefined_folds:
+        return persons, predefined_folds(persons, params["folds"], str(args.groups))
+    return persons, assign_folds(persons, params["folds"], params["seed"], str(args.annotations))
+
+
 def run(args: argparse.Namespace) -> None:
     """Run the split stage with parsed command-line arguments."""
     params = load_params(args.params, args.profile)["split"]
     rows_by_image = parse_annotations(_read_text(args.annotations), str(args.annotations))
-    ranges = parse_persons(_read_text(args.persons), str(args.persons))
-
     paths = list(rows_by_image)
-    persons = assign_persons(paths, ranges, str(args.persons))
-    folds = assign_folds(persons, params["folds"], params["seed"], str(args.annotations))
+    check_unique_file_names(paths, str(args.annotations))
+
+    persons, folds = group_and_fold(paths, args, params)
     files = build_split_files(rows_by_image, persons, folds, args.annotations.parent, args.out)
 
     with atomic_directory(args.out) as staging, tqdm(files.items(), desc="write splits", unit="file") as bar:

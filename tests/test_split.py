@@ -296,3 +296,110 @@ def test_real_data_five_folds(caltech_raw_dir, tmp_path):
         assert test_persons == persons_by_fold[fold]
         for row in test:
             assert (out / f"fold{fold}" / row[0]).is_file()
+
+
+# --- groups from the convert stage -------------------------------------------------------
+
+
+def groups_text(paths: list[str], groups: list[object], header: str = "image,group") -> str:
+    return header + "\n" + "".join(f"{path},{group}\n" for path, group in zip(paths, groups))
+
+
+def test_caltech_groups_give_the_persons_folds():
+    # groups.csv of the convert stage gives the same folds as the person ranges it came from.
+    text = annotation_text(range(1, 31))
+    rows_by_image = split.parse_annotations(text, "annotations.csv")
+    paths = list(rows_by_image)
+    ranges = split.parse_persons(PERSONS_CSV.read_text(), str(PERSONS_CSV))
+    persons = split.assign_persons(paths, split.parse_persons(TEN_PERSONS, "persons.csv"), "persons.csv")
+    groups = split.parse_groups(groups_text(paths, persons), "groups.csv")
+
+    from_groups = split.assign_groups(paths, groups, "groups.csv")
+
+    assert ranges, "the shipped person ranges parse"
+    assert from_groups == persons
+    assert split.assign_folds(from_groups, 4, 3) == split.assign_folds(persons, 4, 3)
+
+
+def test_string_groups_stay_together():
+    paths = [f"img/{name}.jpg" for name in "abcdefgh"]
+    groups = split.parse_groups(groups_text(paths, ["ann", "ann", "bo", "bo", "cy", "cy", "dee", "dee"]), "groups.csv")
+
+    persons = split.assign_groups(paths, groups, "groups.csv")
+    folds = split.assign_folds(persons, 2, 5)
+
+    assert persons[0] == "ann"
+    for first in range(0, len(paths), 2):
+        assert folds[first] == folds[first + 1], paths[first]
+
+
+def test_predefined_folds_keep_the_dataset_folds():
+    paths = [f"2002/{number}.jpg" for number in range(6)]
+    groups = split.parse_groups(groups_text(paths, [10, 2, 1, 10, 2, 1], header="image,fold"), "groups.csv")
+
+    assert groups.predefined_folds
+    folds = split.predefined_folds(split.assign_groups(paths, groups, "groups.csv"), 3, "groups.csv")
+
+    # Fold values sort as numbers: 1 -> fold 0, 2 -> fold 1, 10 -> fold 2.
+    assert folds == [2, 1, 0, 2, 1, 0]
+
+
+def test_predefined_folds_count_mismatch():
+    with pytest.raises(DataError, match=r"groups\.csv: the dataset defines 2 folds \(1, 2\) but split\.folds = 5; "
+                                        r"set split\.folds to 2"):
+        split.predefined_folds([1, 2, 1], 5, "groups.csv")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("image,person\na.jpg,1\n", r"groups\.csv line 1: expected the header image,group or image,fold"),
+        ("", r"groups\.csv line 1: expected the header .* found an empty file"),
+        ("image,group\na.jpg,1,2\n", r"groups\.csv line 2: expected 2 fields image,group, found 3"),
+        ("image,group\na.jpg, \n", r"groups\.csv line 2: empty image or group"),
+        ("image,group\na.jpg,1\nb.jpg,2\na.jpg,3\n", r"groups\.csv line 4: image 'a\.jpg' already listed on line 2"),
+        ("image,group\n", r"groups\.csv: no images listed"),
+    ],
+)
+def test_parse_groups_rejects_bad_rows(text, message):
+    with pytest.raises(DataError, match=message):
+        split.parse_groups(text, "groups.csv")
+
+
+def test_assign_groups_names_unlisted_images():
+    groups = split.parse_groups("image,group\na.jpg,1\n", "groups.csv")
+    message = r"groups\.csv: no group for 1 images of the annotations \(for example 'b\.jpg'\)"
+    with pytest.raises(DataError, match=message):
+        split.assign_groups(["a.jpg", "b.jpg"], groups, "groups.csv")
+
+
+def test_same_file_name_in_two_folders_rejected():
+    # FDDB has such pairs, for example img_393.jpg under several dates.
+    paths = ["2002/08/11/big/img_393.jpg", "2002/08/12/big/img_1.jpg", "2003/01/13/big/img_393.jpg"]
+    message = (r"annotations\.csv: images '2002/08/11/big/img_393\.jpg' and '2003/01/13/big/img_393\.jpg' "
+               r"have the same file name img_393\.jpg")
+    with pytest.raises(DataError, match=message):
+        split.check_unique_file_names(paths, "annotations.csv")
+
+
+def test_main_with_groups_keeps_background_rows(tmp_path):
+    annotations = tmp_path / "annotations.csv"
+    paths = [f"images/{name}.jpg" for name in "abcdef"]
+    annotations.write_text(
+        "images/a.jpg,1,2,30,40,face\nimages/a.jpg,5,6,20,25,face\nimages/b.jpg,,,,,\n"
+        + "".join(f"{path},1,2,30,40,face\n" for path in paths[2:])
+    )
+    groups = tmp_path / "groups.csv"
+    groups.write_text(groups_text(paths, ["p1", "p1", "p2", "p2", "p3", "p3"]))
+    out = tmp_path / "splits"
+
+    argv = ["--params", str(write_params(tmp_path / "params.yaml", folds=3)), "--annotations", str(annotations),
+            "--groups", str(groups), "--out", str(out)]
+    assert split.main(argv) == 0
+
+    folds_table = parse_csv((out / "folds.csv").read_text())[1:]
+    fold_of_image = {image: int(fold) for image, _, fold, _ in folds_table}
+    assert fold_of_image["a.jpg"] == fold_of_image["b.jpg"]
+    test_rows = parse_csv((out / f"fold{fold_of_image['b.jpg']}" / "test.csv").read_text())
+    assert ["../../images/b.jpg", "", "", "", "", ""] in test_rows
+    assert sum(row[0] == "../../images/a.jpg" for row in test_rows) == 2

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -20,13 +21,13 @@ LOG_REDIRECT = re.compile(r"\s+2>&1 \| tee \S+$")
 SWEEP_RESULT = re.compile(r"^reports/sweep/gamma[0-9.]+-alpha[0-9.]+\.json$")
 
 
-def run_snakemake(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([*SNAKEMAKE, *args], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300)
+def run_snakemake(*args: str, cwd: Path = PROJECT_ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run([*SNAKEMAKE, *args], cwd=cwd, capture_output=True, text=True, timeout=300)
 
 
-def snakemake_jobs(profile: str = "default") -> dict[str, dict]:
+def snakemake_jobs(profile: str = "default", cwd: Path = PROJECT_ROOT) -> dict[str, dict]:
     """Parse ``snakemake --dry-run --forceall --printshellcmds`` into {rule: inputs, outputs, command}."""
-    result = run_snakemake("--dry-run", "--forceall", "--printshellcmds", "--config", f"profile={profile}")
+    result = run_snakemake("--dry-run", "--forceall", "--printshellcmds", "--config", f"profile={profile}", cwd=cwd)
     assert result.returncode == 0, result.stderr + result.stdout
     jobs = {}
     for block in re.split(r"\n(?=rule \w+:)", result.stdout):
@@ -48,10 +49,22 @@ def snakemake_jobs(profile: str = "default") -> dict[str, dict]:
     return jobs
 
 
-def dvc_stages(profile: str = "default") -> dict[str, dict]:
-    """Read dvc.yaml with ``${profile}`` filled in, as {stage: inputs, outputs, command}."""
-    text = (PROJECT_ROOT / "dvc.yaml").read_text().replace("${profile}", profile)
-    params = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
+def fill_params(text: str, params: dict) -> str:
+    """Replace every ``${section.key}`` of dvc.yaml, except matrix items, by its params.yaml value."""
+
+    def value(match: re.Match) -> str:
+        node = params
+        for part in match.group(1).split("."):
+            node = node[part]
+        return str(node)
+
+    return re.sub(r"\$\{((?!item\.)[\w.]+)\}", value, text)
+
+
+def dvc_stages(profile: str = "default", params: dict | None = None) -> dict[str, dict]:
+    """Read dvc.yaml with ``${profile}`` and other params filled in, as {stage: inputs, outputs, command}."""
+    params = params if params is not None else yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
+    text = fill_params((PROJECT_ROOT / "dvc.yaml").read_text(), {**params, "profile": profile})
     stages = {}
     for name, stage in yaml.safe_load(text)["stages"].items():
         for stage_name, expanded in expand_matrix(name, stage, params):
@@ -173,3 +186,31 @@ def test_profiles_leave_the_sweep_grid_to_params_yaml(profile_file):
     # dvc.yaml's matrix reads the grid from params.yaml; a profile's grid would reach Snakemake only.
     overrides = yaml.safe_load(profile_file.read_text()) or {}
     assert not {"gammas", "alphas"} & set(overrides.get("focal_sweep", {}))
+
+
+@pytest.mark.parametrize("profile_file", sorted((PROJECT_ROOT / "workflow" / "profiles").glob("*.yaml")), ids=str)
+def test_profiles_leave_the_dataset_to_params_yaml(profile_file):
+    # dvc.yaml takes the convert stage's dependencies from params.yaml, which profiles do not change.
+    overrides = yaml.safe_load(profile_file.read_text()) or {}
+    assert "dataset" not in overrides
+
+
+def test_user_dataset_reaches_both_orchestrators(tmp_path):
+    # A copy of the project whose params.yaml selects a csv dataset at data/user/.
+    for entry in ("stages", "workflow"):
+        shutil.copytree(PROJECT_ROOT / entry, tmp_path / entry, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy2(PROJECT_ROOT / "dvc.yaml", tmp_path / "dvc.yaml")
+    params = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
+    params["dataset"].update(format="csv", annotations="data/user/annotations.csv", images="data/user")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    (tmp_path / "data" / "user").mkdir(parents=True)
+    (tmp_path / "data" / "user" / "annotations.csv").write_text("a.jpg,1,2,3,4,face\n")
+
+    snakemake = snakemake_jobs(cwd=tmp_path)
+    dvc = dvc_stages(params=params)
+
+    assert {"data/user/annotations.csv", "data/user"} <= dvc["convert"]["inputs"]
+    assert "data/raw/caltech-faces-1999" not in dvc["convert"]["inputs"]
+    for name in ("download", "convert", "split"):
+        for field in ("command", "outputs", "inputs"):
+            assert snakemake[name][field] == dvc[name][field], f"stage {name}: {field} differ"

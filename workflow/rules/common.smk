@@ -13,8 +13,11 @@ PROFILE = config["profile"]
 PARAMS_ARGS = f"--params params.yaml --profile {PROFILE}"
 
 RAW_DIR = "data/raw/caltech-faces-1999"
+# The dataset the convert stage reads: the download stage's RAW_DIR for format caltech.
+DATASET = config["dataset"]
 ANNOTATIONS_CSV = "data/interim/annotations.csv"
 CLASSES_CSV = "data/interim/classes.csv"
+GROUPS_CSV = "data/interim/groups.csv"
 DATA_SUMMARY = "reports/metrics/data.json"
 PERSONS_CSV = "stages/resources/caltech_persons.csv"
 SPLITS_DIR = "data/splits"
