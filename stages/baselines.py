@@ -6,8 +6,9 @@ from opencv-python-headless), BlazeFace (the MediaPipe TFLite model in face-dete
 Caltech Faces 1999, and each draws its face box differently from the Caltech annotation. So
 besides its raw boxes, each detector is scored with boxes "calibrated" by an affine map fitted
 on the fold's training images only (see ``fit_calibration``). The metrics are those of the
-evaluate stage (stages.metrics): per-image best-match IoU, AP at IoU 0.5, AP over IoU
-0.50:0.95 and recall at IoU 0.5.
+evaluate stage (stages.metrics): per-face best-match IoU, AP at IoU 0.5, AP over IoU
+0.50:0.95 and recall at IoU 0.5. As there, an image may have several faces, and every detection
+on a background image (one without faces) is a false positive.
 
 Every detector runs once on every image, because its output does not depend on the fold. The
 stage times each detect call after one warm-up call on the same machine. The time covers the
@@ -40,6 +41,7 @@ from stages.errors import DataError
 from stages.evaluate_detector import (
     BOX_COLUMNS,
     across_folds,
+    group_face_boxes,
     json_ready,
     read_folds_table,
     read_split_annotations,
@@ -54,7 +56,8 @@ DETECTORS = ("haar", "blazeface", "mtcnn")
 HAAR_CASCADE_FILE = "haarcascade_frontalface_default.xml"
 
 DETECTION_COLUMNS = ["image", *BOX_COLUMNS, "score"]
-# score is that of the best-matching raw detection, empty when the image has none.
+# One row per face, in the order of the annotations. score is that of the best-matching raw
+# detection, empty when the face has none.
 PER_IMAGE_COLUMNS = ["detector", "fold", "image", "raw_iou", "calibrated_iou", "score"]
 # Box parameters that the calibration maps: centre x, centre y, width and height in pixels.
 CALIBRATION_INPUTS = ("cx", "cy", "w", "h")
@@ -89,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     options = {
         "--splits": "folder with folds.csv and fold<k>/{train,test}.csv",
         "--metrics": "output JSON with raw and calibrated metrics, time per image and misses of each detector",
-        "--per-image": "output CSV with the raw and calibrated best-match IoU of each held-out image",
+        "--per-image": "output CSV with the raw and calibrated best-match IoU of each held-out face",
     }
     for option, help_text in options.items():
         parser.add_argument(option, type=Path, required=True, help=help_text)
@@ -202,7 +205,9 @@ def read_rgb(path: Path) -> np.ndarray:
     Raises:
         DataError: naming the file when it is missing or OpenCV cannot decode it.
     """
-    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    # The EXIF orientation is ignored, as in training and stages.detector, so the annotated
+    # boxes stay on the pixels they were drawn on.
+    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
     if bgr is None:
         raise DataError(f"{path}: not found or not an image that OpenCV can read")
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
@@ -301,19 +306,20 @@ def calibration_pairs(
     """Pair each annotated face with the highest-scored detection that overlaps it.
 
     A detection qualifies when its score is at least ``min_score`` and its IoU with the
-    image's annotated box is at least ``min_iou``. Images without a qualifying detection
-    give no pair.
+    annotated face is at least ``min_iou``. Faces without a qualifying detection give no pair,
+    and so do background rows (NaN coordinates). Two faces may pair with the same detection.
 
     Args:
-        annotations: one row per image, columns image, x1, y1, x2, y2.
+        annotations: one row per face, columns image, x1, y1, x2, y2.
         detections: DETECTION_COLUMNS, on any images.
 
     Returns:
         (detected, annotated), two (P, 4) arrays of [x1, y1, x2, y2] in pixels.
     """
     by_image = {image: group for image, group in detections[detections["score"] >= min_score].groupby("image")}
+    faces = annotations[annotations["x1"].notna()]
     detected, annotated = [], []
-    for image, gt_box in zip(annotations["image"], annotations[BOX_COLUMNS].to_numpy(dtype=np.float64)):
+    for image, gt_box in zip(faces["image"], faces[BOX_COLUMNS].to_numpy(dtype=np.float64)):
         if image not in by_image:
             continue
         group = by_image[image]
@@ -342,7 +348,7 @@ def fold_calibration(
     detected, annotated = calibration_pairs(training, detections, min_score, min_iou)
     if len(detected) < CALIBRATION_MIN_PAIRS:
         logger.warning(
-            "%s: only %d training images have a detection with IoU >= %g, fewer than the %d needed; "
+            "%s: only %d training faces have a detection with IoU >= %g, fewer than the %d needed; "
             "calibrated boxes equal the raw ones",
             description, len(detected), min_iou, CALIBRATION_MIN_PAIRS,
         )  # fmt: skip
@@ -366,24 +372,28 @@ def _as_metrics_detections(detections: pd.DataFrame) -> metrics.Detections:
 
 
 def summarize(images: pd.DataFrame, detections: pd.DataFrame, min_score: float) -> dict[str, Any]:
-    """Compute ``metrics.summarize_fold`` for ``images`` (one face each) with one score threshold for IoU and AP."""
-    gt_boxes = dict(zip(images["image"], images[BOX_COLUMNS].to_numpy(dtype=np.float64)))
+    """Compute ``metrics.summarize_fold`` for ``images`` with one score threshold for IoU and AP.
+
+    ``images`` has one row per face and a NaN row per background image, and names each image once.
+    """
+    truth = group_face_boxes(list(images["image"]), images)
     return metrics.summarize_fold(
-        gt_boxes, _as_metrics_detections(detections), iou_score_threshold=min_score, ap_score_threshold=min_score
+        truth, _as_metrics_detections(detections), iou_score_threshold=min_score, ap_score_threshold=min_score
     )
 
 
 def best_match_table(images: pd.DataFrame, detections: pd.DataFrame, min_score: float) -> pd.DataFrame:
-    """Return image, iou and score of the best-matching detection (score >= ``min_score``) of each image.
+    """Return image, iou and score of the best-matching detection (score >= ``min_score``) of each face.
 
-    An image without such a detection gets IoU 0 and an empty score.
+    Rows follow the faces of ``images`` in order (``metrics.best_match_per_face``), and a
+    background image has none. A face without such a detection gets IoU 0 and an empty score.
     """
-    gt_boxes = dict(zip(images["image"], images[BOX_COLUMNS].to_numpy(dtype=np.float64)))
-    matches = metrics.best_match_per_image(gt_boxes, _as_metrics_detections(detections), min_score)
+    truth = group_face_boxes(list(images["image"]), images)
+    matches = metrics.best_match_per_face(truth, _as_metrics_detections(detections), min_score)
     scores = detections["score"].to_numpy()
     return pd.DataFrame(
         {
-            "image": list(matches),
+            "image": [image for image, _face in matches],
             "iou": [iou for _, iou in matches.values()],
             "score": [np.nan if row is None else scores[row] for row, _ in matches.values()],
         }
@@ -409,7 +419,7 @@ def evaluate_detector(
 
     Returns:
         The detector's "raw" and "calibrated" blocks, each with the pooled "heldout" metrics
-        (plus across-fold statistics) and per-fold metrics, and the per-image table
+        (plus across-fold statistics) and per-fold metrics, and the per-face table
         (PER_IMAGE_COLUMNS) of the held-out images.
     """
     min_score = score_threshold(name, baseline_params)
@@ -463,9 +473,18 @@ def evaluate_detector(
 
 
 def no_detection_share(images: pd.DataFrame, detections: pd.DataFrame, min_score: float) -> float:
-    """Return the share of ``images`` without any detection scored at least ``min_score``."""
+    """Return the share of the images with faces that have no detection scored at least ``min_score``.
+
+    ``images`` has one row per face or per background image. Background images are left out,
+    because no detection is the right output there. Returns 0 when no image has a face.
+    """
+    with_faces = images.loc[images["x1"].notna(), "image"].unique()
     found = set(detections.loc[detections["score"] >= min_score, "image"])
-    return float(np.mean([image not in found for image in images["image"]])) if len(images) else 0.0
+    return float(np.mean([image not in found for image in with_faces])) if len(with_faces) else 0.0
+
+
+def _format_metric(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
 
 
 # --- Command line --------------------------------------------------------------------
@@ -476,9 +495,11 @@ def run(args: argparse.Namespace, detector_loader: DetectorLoader) -> None:
     params = load_params(args.params, args.profile)
     baseline_params = params["baselines"]
     folds_table = read_folds_table(args.splits / "folds.csv")
-    annotations = read_split_annotations(args.splits, folds_table)
+    annotations = read_split_annotations(args.splits, folds_table, one_face_per_image=False)
     folds = sorted(int(fold) for fold in folds_table["fold"].unique())
-    images = annotations[annotations["part"] == "heldout"].drop_duplicates("image")[["image", "path"]]
+    heldout = annotations[annotations["part"] == "heldout"]
+    # An image with several faces has several rows but is detected once.
+    images = heldout.drop_duplicates("image")[["image", "path"]]
     detectors = detector_loader(DETECTORS, baseline_params)
 
     report: dict[str, Any] = {"profile": params["profile"], "box_conventions": BOX_CONVENTIONS}
@@ -490,13 +511,14 @@ def run(args: argparse.Namespace, detector_loader: DetectorLoader) -> None:
             **blocks,
             "ms_per_image": ms_per_image,
             "images": len(images),
-            "no_detection_share": no_detection_share(images, detections, score_threshold(name, baseline_params)),
+            "no_detection_share": no_detection_share(heldout, detections, score_threshold(name, baseline_params)),
         }
         per_image_tables.append(per_image)
+        raw, calibrated = blocks["raw"]["heldout"], blocks["calibrated"]["heldout"]
         logger.info(
-            "%s: held-out mean IoU raw %.3f, calibrated %.3f; AP50 raw %.3f, calibrated %.3f; %.1f ms per image",
-            name, blocks["raw"]["heldout"]["mean_iou"], blocks["calibrated"]["heldout"]["mean_iou"],
-            blocks["raw"]["heldout"]["ap50"], blocks["calibrated"]["heldout"]["ap50"], ms_per_image,
+            "%s: held-out mean IoU raw %s, calibrated %s; AP50 raw %s, calibrated %s; %.1f ms per image",
+            name, _format_metric(raw["mean_iou"]), _format_metric(calibrated["mean_iou"]),
+            _format_metric(raw["ap50"]), _format_metric(calibrated["ap50"]), ms_per_image,
         )  # fmt: skip
 
     write_json_atomic(json_ready(report), args.metrics)

@@ -210,8 +210,13 @@ def predict_image(model: Predictor, image_bgr: np.ndarray, detector_params: dict
 
 
 def read_image_bgr(path: Path | str) -> np.ndarray:
-    """Read an image as 3-channel BGR uint8; grayscale and RGBA files are converted."""
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    """Read an image as 3-channel BGR uint8, as stored; grayscale and RGBA files are converted.
+
+    The EXIF orientation tag is ignored, because keras-retinanet's training loader (PIL's
+    ``Image.open(...).convert("RGB")``) and stages.predict read the pixels as stored. Rotating
+    here would put the annotated boxes of a rotated JPEG on the wrong pixels.
+    """
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
     if image is None:
         raise ModelError(f"{path}: cannot read image (missing, unreadable or not an image)")
     return image

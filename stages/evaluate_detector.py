@@ -5,6 +5,8 @@ For each fold k, the model of fold k detects faces in the images of its test par
 It reports the per-image best-match IoU, AP at IoU 0.5, AP averaged over IoU 0.50:0.95
 and recall at IoU 0.5 (see stages.metrics). Each metric is given per fold and pooled over
 the folds. The main ones also get a mean with a Student-t 95% confidence interval across folds.
+Every output names an image as the image column of folds.csv does (see stages.split), and the
+stage finds each annotation row's image through its file path, so repeated file names are fine.
 
     python -m stages.evaluate_detector --params params.yaml --splits data/splits \\
         --models data/models/detector --predictions data/predictions/detector \\
@@ -20,9 +22,10 @@ import functools
 import json
 import logging
 import math
+import os
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from pathlib import Path, PurePath
 from typing import Any
 
@@ -124,13 +127,15 @@ def read_folds_table(path: Path) -> pd.DataFrame:
     if not pd.api.types.is_integer_dtype(table["fold"]) or (table["fold"] < 0).any():
         examples = table["fold"].unique()[:5].tolist()
         raise DataError(f"{path}: column fold must contain whole numbers >= 0, got for example {examples}")
-    if table[["image", "person"]].isna().any().any():
-        line = int(table[table[["image", "person"]].isna().any(axis=1)].index[0]) + 2
-        raise DataError(f"{path}: line {line}: empty image or person")
+    if table[["image", "person", "path"]].isna().any().any():
+        line = int(table[table[["image", "person", "path"]].isna().any(axis=1)].index[0]) + 2
+        raise DataError(f"{path}: line {line}: empty image, person or path")
 
-    duplicated = table["image"][table["image"].duplicated()]
-    if not duplicated.empty:
-        raise DataError(f"{path}: image {duplicated.iloc[0]!r} is listed more than once")
+    for column in ("image", "path"):
+        duplicated = table[column][table[column].duplicated()]
+        if not duplicated.empty:
+            line = int(duplicated.index[0]) + 2
+            raise DataError(f"{path}: line {line}: {column} {duplicated.iloc[0]!r} is listed more than once")
     return table
 
 
@@ -154,7 +159,7 @@ def _parse_annotation_row(csv_path: Path, line: int, fields: list[str]) -> dict[
     image_path = csv_path.parent / raw_path
     if not image_path.is_file():
         raise DataError(f"{csv_path}: line {line}: image file {image_path} not found")
-    row = {"image": PurePath(raw_path).name, "path": str(image_path)}
+    row = {"image": _normalize_path(raw_path), "path": str(image_path), "line": line}
 
     if not any(coordinates) and not class_name:
         return {**row, **dict.fromkeys(BOX_COLUMNS, math.nan)}
@@ -172,11 +177,16 @@ def _parse_annotation_row(csv_path: Path, line: int, fields: list[str]) -> dict[
     return {**row, "x1": x1, "y1": y1, "x2": x2, "y2": y2}
 
 
+def _normalize_path(path: str) -> str:
+    """Return ``path`` with "/" separators and without "." and ".." parts, so that one file has one spelling."""
+    return PurePath(os.path.normpath(path.replace("\\", "/"))).as_posix()
+
+
 def _check_row_of_image(csv_path: Path, line: int, row: dict[str, Any], earlier: dict[str, tuple[int, bool]],
                         one_face_per_image: bool) -> None:
     """Raise DataError for a row that adds to an image listed before, unless that is a further face.
 
-    ``earlier`` maps image name -> (first line, whether that line was a background row).
+    ``earlier`` maps image path -> (first line, whether that line was a background row).
     """
     image = row["image"]
     is_background = math.isnan(row["x1"])
@@ -206,8 +216,9 @@ def read_annotations(csv_path: Path, one_face_per_image: bool = True) -> pd.Data
 
     The file has no header and rows ``path,x1,y1,x2,y2,class_name``, with paths relative to
     the CSV's folder. An image with several faces has one row per face. A background row
-    ``path,,,,,`` lists an image without faces. Returns columns image (the file name), path
-    (resolved against the CSV's folder) and x1, y1, x2, y2 in pixels, one row per face in file
+    ``path,,,,,`` lists an image without faces. Returns columns image (the path as written in the
+    CSV, with "/" separators and without "." and ".." parts), path (resolved against the CSV's
+    folder), line (of the CSV, from 1) and x1, y1, x2, y2 in pixels, one row per face in file
     order. A background image has one row with NaN coordinates.
 
     Args:
@@ -233,7 +244,7 @@ def read_annotations(csv_path: Path, one_face_per_image: bool = True) -> pd.Data
             row = _parse_annotation_row(csv_path, reader.line_num, fields)
             _check_row_of_image(csv_path, reader.line_num, row, earlier, one_face_per_image)
             rows.append(row)
-    return pd.DataFrame(rows, columns=["image", "path", *BOX_COLUMNS])
+    return pd.DataFrame(rows, columns=["image", "path", "line", *BOX_COLUMNS])
 
 
 def check_fold_parts(fold: int, parts: Mapping[str, pd.DataFrame], folds_table: pd.DataFrame, splits_dir: Path) -> None:
@@ -275,17 +286,47 @@ def check_fold_parts(fold: int, parts: Mapping[str, pd.DataFrame], folds_table: 
         )  # fmt: skip
 
 
+def name_images(annotations: pd.DataFrame, csv_path: Path, folds_table: pd.DataFrame, splits_dir: Path) -> pd.DataFrame:
+    """Replace the image column of ``read_annotations`` output by the image's name in folds.csv.
+
+    An image is found by its file path: the row's path, resolved against the folder of
+    ``csv_path``, must equal a path of folds.csv resolved against ``splits_dir``, after removing
+    "." and ".." parts. So two images with the same file name in different folders (FDDB has
+    such pairs) stay apart, and the names are those that the split stage wrote into folds.csv.
+
+    Raises:
+        DataError: naming the file, the line and the path of a row whose image folds.csv does not list.
+    """
+    name_of_path = {
+        os.path.normpath(splits_dir / path): image for image, path in zip(folds_table["image"], folds_table["path"])
+    }
+    names = []
+    for raw_path, path, line in zip(annotations["image"], annotations["path"], annotations["line"]):
+        name = name_of_path.get(os.path.normpath(path))
+        if name is None:
+            raise DataError(
+                f"{csv_path}: line {line}: image {raw_path} ({path}) is not listed in "
+                f"{splits_dir / 'folds.csv'} (column path); rerun the split stage"
+            )
+        names.append(name)
+    return annotations.assign(image=names)
+
+
 def read_split_annotations(splits_dir: Path, folds_table: pd.DataFrame, one_face_per_image: bool = True) -> pd.DataFrame:
     """Read and check every fold's test.csv and train.csv into one table (see ``read_annotations``).
 
-    Returns columns fold, part ("heldout" or "train"), image, person, path, x1, y1, x2, y2 and
-    source (the CSV file), one row per face and one row with NaN coordinates per background image.
+    Returns columns fold, part ("heldout" or "train"), image (the name in folds.csv, see
+    ``name_images``), person, path, x1, y1, x2, y2 and source (the CSV file), one row per face
+    and one row with NaN coordinates per background image.
     """
     person_of_image = dict(zip(folds_table["image"], folds_table["person"]))
     frames = []
     for fold in sorted(int(fold) for fold in folds_table["fold"].unique()):
         paths = {part: splits_dir / f"fold{fold}" / name for part, name in PART_FILES.items()}
-        parts = {part: read_annotations(path, one_face_per_image) for part, path in paths.items()}
+        parts = {
+            part: name_images(read_annotations(path, one_face_per_image), path, folds_table, splits_dir)
+            for part, path in paths.items()
+        }
         check_fold_parts(fold, parts, folds_table, splits_dir)
         for part, annotations in parts.items():
             frame = annotations.assign(fold=fold, part=part, source=str(paths[part]))
@@ -530,15 +571,24 @@ def _image_keys(table: pd.DataFrame) -> list[tuple[int, str, str]]:
     return [(int(fold), str(part), str(image)) for fold, part, image in rows]
 
 
-def _ground_truth(annotations: pd.DataFrame) -> dict[tuple[int, str, str], np.ndarray]:
-    """Group the face boxes by image: key -> (G, 4) boxes in row order, and a background image gets (0, 4)."""
-    truth: dict[tuple[int, str, str], list[np.ndarray]] = {}
+def group_face_boxes(keys: Sequence[Hashable], annotations: pd.DataFrame) -> dict[Hashable, np.ndarray]:
+    """Group the face boxes of ``annotations`` by image, as ``metrics.summarize_fold`` takes them.
+
+    ``keys`` gives the image of each row. Returns key -> (G, 4) boxes [x1, y1, x2, y2] in row
+    order, in the order in which the keys first appear. The NaN row of a background image adds
+    its key with a (0, 4) array.
+    """
+    truth: dict[Hashable, list[np.ndarray]] = {}
     boxes = annotations[BOX_COLUMNS].to_numpy(dtype=np.float64)
-    for key, box in zip(_image_keys(annotations), boxes):
+    for key, box in zip(keys, boxes):
         faces = truth.setdefault(key, [])
         if not np.isnan(box).any():
             faces.append(box)
     return {key: np.reshape(np.asarray(faces, dtype=np.float64), (-1, 4)) for key, faces in truth.items()}
+
+
+def _ground_truth(annotations: pd.DataFrame) -> dict[Hashable, np.ndarray]:
+    return group_face_boxes(_image_keys(annotations), annotations)
 
 
 def _detections(predictions: pd.DataFrame) -> metrics.Detections:

@@ -101,6 +101,9 @@ STEP_COLUMNS = ("global_step", "loss", "regression_loss", "classification_loss")
 EPOCH_COLUMNS = ("epoch", "loss", "regression_loss", "classification_loss")
 SPLIT_COLUMNS = ("image", "person", "fold", "path")
 PREDICTION_COLUMNS = ("part", "image", "x1", "y1", "x2", "y2", "score")
+PREDICTED_COLUMNS = ["pred_x1", "pred_y1", "pred_x2", "pred_y2"]
+# The columns of per_image.csv that identify an evaluated image: one model's held-out image.
+EXAMPLE_KEYS = ["fold", "image"]
 
 
 def styled(plot: Callable[..., Figure]) -> Callable[..., Figure]:
@@ -183,11 +186,12 @@ def ranked_positions(count: int) -> np.ndarray:
 @styled
 def plot_per_image_iou(per_image: pd.DataFrame, heldout_mean: float | None,
                        train_mean: float | None, paper_train_mean: float) -> Figure:
-    """Draw the sorted IoU of every held-out image by fold, with training IoU in grey.
+    """Draw the sorted IoU of every held-out face by fold, with training IoU in grey.
 
-    ``per_image`` has the columns of per_image.csv. Held-out and training parts have different
-    numbers of rows, since each image is in the training part of every fold but one, so both
-    are drawn against their percentile rank. The second panel shows both distributions.
+    ``per_image`` has the columns of per_image.csv, one row per face, so an image with several
+    faces gives several values and a background image none. Held-out and training parts have
+    different numbers of rows, since each image is in the training part of every fold but one,
+    so both are drawn against their percentile rank. The second panel shows both distributions.
     """
     heldout = per_image[per_image["part"] == "heldout"].dropna(subset=["iou"])
     train = per_image[per_image["part"] == "train"].dropna(subset=["iou"])
@@ -198,7 +202,7 @@ def plot_per_image_iou(per_image: pd.DataFrame, heldout_mean: float | None,
     train_iou = np.sort(train["iou"].to_numpy())
     if len(train_iou):
         ranked.plot(ranked_positions(len(train_iou)), train_iou, color=TRAIN_COLOUR, linewidth=2,
-                    alpha=0.8, label=f"training images, all folds (n = {len(train_iou)})", zorder=2)
+                    alpha=0.8, label=f"training faces, all folds (n = {len(train_iou)})", zorder=2)
     heldout = heldout.sort_values("iou", kind="mergesort").assign(rank=ranked_positions(len(heldout)))
     for index, (fold, rows) in enumerate(heldout.groupby("fold", sort=True)):
         ranked.scatter(rows["rank"], rows["iou"], s=10, color=fold_colour(index), zorder=3,
@@ -215,11 +219,11 @@ def plot_per_image_iou(per_image: pd.DataFrame, heldout_mean: float | None,
         ranked.axhline(value, color=colour, linestyle=style, linewidth=1.4, zorder=4,
                        label=f"{label}: {value:.3f}")
     ranked.set_xlim(0, 100)
-    # Below 0, so that images without a detection (IoU 0) are not hidden by the axis.
+    # Below 0, so that faces without a detection (IoU 0) are not hidden by the axis.
     ranked.set_ylim(-0.03, 1.02)
-    ranked.set_xlabel("Images sorted by IoU (percentile rank, %)")
+    ranked.set_xlabel("Faces sorted by IoU (percentile rank, %)")
     ranked.set_ylabel("IoU of the best-matching detection")
-    ranked.set_title("Per-image IoU, sorted")
+    ranked.set_title("IoU per face, sorted")
     # Below the panels, so that the legend never hides points.
     fig.legend(handles=ranked.get_legend_handles_labels()[0], loc="outside lower center", ncols=3)
 
@@ -242,23 +246,32 @@ def plot_per_image_iou(per_image: pd.DataFrame, heldout_mean: float | None,
 
 @dataclass
 class Example:
-    """One held-out image to draw, with its per_image.csv row and all its detections."""
+    """One held-out image to draw, with the per_image.csv rows of its faces and all its detections."""
 
     image: np.ndarray  # RGB, shape (height, width, 3), uint8
-    row: pd.Series
+    faces: pd.DataFrame  # per_image.csv rows of this image, one per face
     detections: pd.DataFrame  # columns x1, y1, x2, y2, score in image pixels
     caption: str
 
 
 def select_examples(per_image: pd.DataFrame, count: int) -> pd.DataFrame:
-    """Return ``count`` held-out rows spread evenly from the best to the worst IoU.
+    """Return ``count`` held-out images spread evenly from the best to the worst IoU.
 
-    Rows are ordered by IoU, highest first (missing IoU last), then by image name, so the
-    choice is deterministic. Fewer rows come back when there are fewer held-out images.
+    ``per_image`` has one row per face (columns fold, part, image, person and iou at least).
+    An image is ranked by the mean IoU of its faces. Images are ordered by that IoU, highest
+    first (missing IoU last), then by image name, so the choice is deterministic. Returns one
+    row per chosen image with columns fold, image, person, iou (the mean), faces (their
+    number), rank and of (the number of ranked images). Fewer rows come back when there are
+    fewer held-out images, and background images, which have no rows, are never chosen.
     """
     heldout = per_image[per_image["part"] == "heldout"]
-    ordered = heldout.sort_values(["iou", "image"], ascending=[False, True], na_position="last",
-                                  kind="mergesort").reset_index(drop=True)
+    images = heldout.drop_duplicates(EXAMPLE_KEYS)[[*EXAMPLE_KEYS, "person"]].reset_index(drop=True)
+    faces = heldout.groupby(EXAMPLE_KEYS, sort=False)["iou"]
+    index = pd.MultiIndex.from_frame(images[EXAMPLE_KEYS])
+    images["iou"] = faces.mean().reindex(index).to_numpy(dtype=float)
+    images["faces"] = faces.size().reindex(index).to_numpy(dtype=int)
+    ordered = images.sort_values(["iou", "image"], ascending=[False, True], na_position="last",
+                                 kind="mergesort").reset_index(drop=True)
     if ordered.empty:
         return ordered
     positions = np.unique(np.round(np.linspace(0, len(ordered) - 1, count)).astype(int))
@@ -282,50 +295,62 @@ def _draw_box(ax, x1: float, y1: float, x2: float, y2: float, colour: str, style
 
 
 def _has_prediction(row: pd.Series) -> bool:
-    return not any(pd.isna(row[column]) for column in ("pred_x1", "pred_y1", "pred_x2", "pred_y2"))
+    return not any(pd.isna(row[column]) for column in PREDICTED_COLUMNS)
 
 
-def other_detections(detections: pd.DataFrame, row: pd.Series, threshold: float) -> pd.DataFrame:
-    """Return the detections with a score of at least ``threshold``, less the best-matching one of ``row``.
+def other_detections(detections: pd.DataFrame, faces: pd.DataFrame, threshold: float) -> pd.DataFrame:
+    """Return the detections with a score of at least ``threshold``, less the best-matching ones of ``faces``.
 
-    The best-matching detection is the one whose box equals the predicted box of the per_image.csv row.
+    A best-matching detection is one whose box equals the predicted box of a per_image.csv row in ``faces``.
     """
     confident = detections[detections["score"] >= threshold]
+    boxes = confident[["x1", "y1", "x2", "y2"]].to_numpy(dtype=float)
+    matched = np.zeros(len(confident), dtype=bool)
+    for predicted in faces[PREDICTED_COLUMNS].dropna().to_numpy(dtype=float):
+        matched |= np.isclose(boxes, predicted).all(axis=1)
+    return confident[~matched]
+
+
+def _draw_face(ax, row: pd.Series, height: int) -> None:
+    """Draw one face's true box and, if it has one, its best-matching detection with score and IoU."""
+    _draw_box(ax, row["gt_x1"], row["gt_y1"], row["gt_x2"], row["gt_y2"], TRUE_BOX_COLOUR, "-", 2.2)
     if not _has_prediction(row):
-        return confident
-    predicted = row[["pred_x1", "pred_y1", "pred_x2", "pred_y2"]].to_numpy(dtype=float)
-    same_box = np.isclose(confident[["x1", "y1", "x2", "y2"]].to_numpy(dtype=float), predicted).all(axis=1)
-    return confident[~same_box]
+        return
+    _draw_box(ax, row["pred_x1"], row["pred_y1"], row["pred_x2"], row["pred_y2"], PREDICTED_BOX_COLOUR, "--", 2.2)
+    label = f"score {format_metric(row['score'], 2)}, IoU {format_metric(row['iou'], 3)}"
+    # The label sits above the box, or just inside its top edge when the box is near the image top.
+    above = row["pred_y1"] > LABEL_ROOM * height
+    ax.text(row["pred_x1"], row["pred_y1"] + (-0.01 if above else 0.01) * height, label, fontsize=8,
+            va="bottom" if above else "top", clip_on=True,
+            bbox={"facecolor": PREDICTED_BOX_COLOUR, "edgecolor": "none", "pad": 1.5})
 
 
 def _draw_example(ax, example: Example, other_threshold: float) -> None:
-    row = example.row
+    faces = example.faces
     height = example.image.shape[0]
     ax.imshow(example.image)
     ax.set_axis_off()
     ax.set_title(example.caption, fontsize=9)
 
-    for detection in other_detections(example.detections, row, other_threshold).itertuples():
+    for detection in other_detections(example.detections, faces, other_threshold).itertuples():
         _draw_box(ax, detection.x1, detection.y1, detection.x2, detection.y2, OTHER_BOX_COLOUR, ":", 1.2)
+    for _, row in faces.iterrows():
+        _draw_face(ax, row, height)
 
-    _draw_box(ax, row["gt_x1"], row["gt_y1"], row["gt_x2"], row["gt_y2"], TRUE_BOX_COLOUR, "-", 2.2)
-    if _has_prediction(row):
-        _draw_box(ax, row["pred_x1"], row["pred_y1"], row["pred_x2"], row["pred_y2"],
-                  PREDICTED_BOX_COLOUR, "--", 2.2)
-        label = f"score {format_metric(row['score'], 2)}, IoU {format_metric(row['iou'], 3)}"
-        # The label sits above the box, or just inside its top edge when the box is near the image top.
-        above = row["pred_y1"] > LABEL_ROOM * height
-        ax.text(row["pred_x1"], row["pred_y1"] + (-0.01 if above else 0.01) * height, label, fontsize=8,
-                va="bottom" if above else "top", clip_on=True,
-                bbox={"facecolor": PREDICTED_BOX_COLOUR, "edgecolor": "none", "pad": 1.5})
+    missed = int((~faces.apply(_has_prediction, axis=1)).sum()) if len(faces) else 0
+    if not missed:
+        return
+    if len(faces) == 1:
+        note = f"no detection, IoU {format_metric(faces['iou'].iloc[0], 3)}"
     else:
-        ax.text(0.5, 0.04, f"no detection, IoU {format_metric(row['iou'], 3)}", transform=ax.transAxes,
-                ha="center", fontsize=8, bbox={"facecolor": "white", "edgecolor": "none", "pad": 1.5})
+        note = f"no detection for {missed} of {len(faces)} faces"
+    ax.text(0.5, 0.04, note, transform=ax.transAxes, ha="center", fontsize=8,
+            bbox={"facecolor": "white", "edgecolor": "none", "pad": 1.5})
 
 
 @styled
 def plot_examples(examples: Sequence[Example], other_threshold: float) -> Figure:
-    """Draw held-out images with the true box (green, solid) and the best-matching detection (orange, dashed).
+    """Draw held-out images with each true box (green, solid) and its best-matching detection (orange, dashed).
 
     Further detections with a score of at least ``other_threshold`` (evaluate.iou_score_threshold)
     are drawn as thin dotted blue boxes. Boxes are in image pixels.
@@ -476,15 +501,19 @@ def read_training_curves(folder: Path) -> dict[str, tuple[pd.DataFrame, pd.DataF
 
 def read_image_rgb(path: Path) -> np.ndarray:
     """Read an image file as an RGB uint8 array of shape (height, width, 3)."""
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    # The EXIF orientation is ignored, as in training and evaluation, so the boxes fit the pixels.
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
     if image is None:
         raise DataError(f"{path}: image not found or not readable")
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
-def load_examples(chosen: pd.DataFrame, splits_dir: Path, predictions_dir: Path) -> list[Example]:
-    """Read the images of the ``chosen`` per_image.csv rows and their held-out detections."""
+def load_examples(chosen: pd.DataFrame, per_image: pd.DataFrame, splits_dir: Path,
+                  predictions_dir: Path) -> list[Example]:
+    """Read the ``chosen`` images (see ``select_examples``), the per_image.csv rows of their faces
+    and their held-out detections."""
     splits = read_csv(splits_dir / "folds.csv", SPLIT_COLUMNS).set_index("image")
+    heldout = per_image[per_image["part"] == "heldout"]
     predictions: dict[str, pd.DataFrame] = {}
     examples = []
     for _, row in chosen.iterrows():
@@ -496,10 +525,12 @@ def load_examples(chosen: pd.DataFrame, splits_dir: Path, predictions_dir: Path)
         fold_predictions = predictions[key]
         same_image = (fold_predictions["part"] == "heldout") & (fold_predictions["image"] == row["image"])
         detections = fold_predictions[same_image]
+        faces = heldout[(heldout["fold"] == row["fold"]) & (heldout["image"] == row["image"])]
+        ranking = "IoU rank" if row["faces"] == 1 else f"{row['faces']} faces, mean IoU rank"
         caption = (f"{row['image']}, person {row['person']}, {fold_label(row['fold'])}\n"
-                   f"IoU rank {row['rank']} of {row['of']}")
+                   f"{ranking} {row['rank']} of {row['of']}")
         image = read_image_rgb(splits_dir / splits.loc[row["image"], "path"])
-        examples.append(Example(image=image, row=row, detections=detections, caption=caption))
+        examples.append(Example(image=image, faces=faces, detections=detections, caption=caption))
     return examples
 
 
@@ -515,7 +546,7 @@ def draw_figures(args: argparse.Namespace) -> None:
     pr_curves = read_csv(args.pr_curves, PR_COLUMNS)
     curves = read_training_curves(args.training)
     chosen = select_examples(per_image, params["figures"]["example_images"])
-    examples = load_examples(chosen, args.splits, args.predictions)
+    examples = load_examples(chosen, per_image, args.splits, args.predictions)
 
     heldout = metrics.get("heldout") or {}
     train = metrics.get("train") or {}

@@ -282,6 +282,37 @@ class ReportPDF(FPDF):
         self.ln(2)
 
 
+# params.yaml dataset.format -> how the report names the dataset that the pipeline ran on.
+DATASET_NAMES = {
+    "caltech": "Caltech Faces 1999",
+    "csv": "the keras-retinanet annotation CSV",
+    "voc": "the Pascal VOC annotations",
+    "fddb": "the FDDB annotations",
+}
+
+
+def dataset_text(params: dict, dataset: dict) -> str:
+    """Describe the evaluated dataset: its format and annotation path from params.yaml, and its counts.
+
+    ``dataset`` is the dataset block of the metrics JSON. FDDB keeps its own folds, so its
+    groups are described as folds, not persons.
+    """
+    settings = params.get("dataset") or {}
+    data_format = settings.get("format", "caltech")
+    name = DATASET_NAMES.get(data_format, f"a {data_format} dataset")
+    source = f"{name} ({settings['annotations']})" if settings.get("annotations") else name
+    images = format_metric(dataset.get("images"))
+    folds = format_metric(dataset.get("folds"))
+    if data_format == "fddb":
+        return f"{source}: {images} images in the dataset's own {folds} folds"
+    groups = format_metric(dataset.get("persons"))
+    if data_format == "caltech":
+        return (f"{source}: {images} images of {groups} persons, {folds}-fold cross-validation grouped by "
+                f"{dataset.get('grouped_by', NOT_AVAILABLE)}")
+    # The split stage takes the groups of the dataset's groups.csv, or makes each image its own group.
+    return f"{source}: {images} images in {groups} groups, {folds}-fold cross-validation that keeps each group in one fold"
+
+
 def _title(pdf: ReportPDF, content: ReportContent) -> None:
     pdf.set_font(FONT, "B", 18)
     pdf.cell(0, 10, report_title(content), new_x="LMARGIN", new_y="NEXT")
@@ -290,9 +321,7 @@ def _title(pdf: ReportPDF, content: ReportContent) -> None:
     pdf.paragraph(
         f"Generated {pdf.generated}. Profile: {content.params.get('profile', NOT_AVAILABLE)}. "
         f"RetinaNet (keras-retinanet, backbone {content.params['detector']['backbone']}) trained with focal loss "
-        f"on Caltech Faces 1999: {format_metric(dataset.get('images'))} images of "
-        f"{format_metric(dataset.get('persons'))} persons, {format_metric(dataset.get('folds'))}-fold "
-        f"cross-validation grouped by {dataset.get('grouped_by', NOT_AVAILABLE)}.",
+        f"on {dataset_text(content.params, dataset)}.",
         size=10,
     )
 
@@ -511,7 +540,7 @@ def _baselines(pdf: ReportPDF, content: ReportContent) -> None:
     pdf.heading("Off-the-shelf face detectors")
     pdf.paragraph(
         "Three detectors never trained on these images, scored on the same held-out images with the same "
-        "metrics. Their boxes follow other conventions than the Caltech annotations, so each is also scored "
+        "metrics. Their boxes follow other conventions than the dataset's annotations, so each is also scored "
         "after an affine map of box centre, width and height fitted by least squares on each fold's training "
         "images only (calibrated). Milliseconds per image time the detect call alone, after one warm-up call, "
         "on the machine that ran the stage. For this project's RetinaNet they time each fold model's held-out "
@@ -846,15 +875,16 @@ def figure_captions(params: dict) -> dict[str, str]:
             f"examples, so training focuses on hard ones."
         ),
         "per_image_iou.png": (
-            f"IoU between the true box and the best-matching detection with score at least {threshold:g}; an image without "
-            f"one counts as IoU 0. Left: held-out images sorted by IoU and coloured by fold, and the training "
-            f"images of all folds in grey, against percentile rank. Lines mark this study's held-out and training "
-            f"means and the original study's training mean ({paper_mean:.3f}). Right: the distributions."
+            f"IoU between each true face box and the best-matching detection with score at least {threshold:g}; a face "
+            f"without one counts as IoU 0, and images without faces are left out. Left: held-out faces sorted by "
+            f"IoU and coloured by fold, and the training faces of all folds in grey, against percentile rank. Lines "
+            f"mark this study's held-out and training means and the original study's training mean "
+            f"({paper_mean:.3f}). Right: the distributions."
         ),
         "examples.png": (
-            f"Held-out images spread evenly from the best to the worst IoU. Green, solid: true box. Orange, "
-            f"dashed: best-matching detection with its score and IoU. Blue, dotted: other detections with score at least "
-            f"{threshold:g}."
+            f"Held-out images spread evenly from the best to the worst IoU (the mean over the faces of an image). "
+            f"Green, solid: true boxes. Orange, dashed: the best-matching detection of each face with its score and "
+            f"IoU. Blue, dotted: other detections with score at least {threshold:g}."
         ),
         "pr_curves.png": (
             "Held-out precision-recall curves, one per fold; a detection is correct when its IoU with the true "

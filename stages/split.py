@@ -18,14 +18,15 @@ the test part of one fold, and every image is in the test part of exactly one fo
 
 Outputs, written to a staging folder that then replaces ``--out``:
 
-- ``folds.csv``: ``image,person,fold,path``, one row per image, ``path`` relative to ``--out``;
+- ``folds.csv``: ``image,person,fold,path``, one row per image, ``path`` relative to ``--out``.
+  ``image`` is the name that the evaluation outputs give the image: its file name when all file
+  names of the dataset differ (Caltech), else its path below the deepest folder that contains
+  all images (``2002/08/11/big/img_591.jpg``), because FDDB, for example, reuses file names
+  such as ``img_591.jpg`` in several folders;
 - ``fold{k}/train.csv`` and ``fold{k}/test.csv`` for k = 0 .. folds - 1: the keras-retinanet
   annotation rows of the training and test images, with each path rewritten relative to
   ``fold{k}/``. All rows of one image stay together, including the ``path,,,,,`` row of an
   image without faces.
-
-The evaluation stages identify an image by its file name, so two images with the same file
-name in different folders are rejected.
 
 Command line::
 
@@ -44,6 +45,7 @@ import logging
 import os
 import re
 import sys
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Sequence
@@ -264,20 +266,30 @@ def predefined_folds(fold_names: Sequence[int] | Sequence[str], folds: int, sour
     return [index[name] for name in fold_names]
 
 
-def check_unique_file_names(paths: Sequence[str], source: str) -> None:
-    """Raise DataError when two image paths share a file name.
+def image_names(paths: Sequence[str], source: str = "annotations") -> list[str]:
+    """Return the unique name of each image path for the ``image`` column of folds.csv.
 
-    The evaluation stages identify an image by its file name, so two such images would merge.
+    The names are the file names when no two paths share one. Otherwise every image is named
+    by its path with "/" separators, relative to the deepest folder that contains all images,
+    so that one dataset never mixes both kinds of name. Raises DataError naming ``source`` when
+    two paths differ only in their separators or "." and ".." parts, because they name one file.
     """
+    normalized = [_normalize_image_key(path) for path in paths]
     first_path: dict[str, str] = {}
-    for path in paths:
-        name = PurePosixPath(path).name
-        if name in first_path:
-            raise DataError(
-                f"{source}: images {first_path[name]!r} and {path!r} have the same file name {name}; the "
-                "evaluation stages identify images by file name, so leave one out or rename it"
-            )
-        first_path[name] = path
+    for path, key in zip(paths, normalized):
+        if key in first_path:
+            raise DataError(f"{source}: images {first_path[key]!r} and {path!r} are the same file {key}; list it once")
+        first_path[key] = path
+    file_names = [PurePosixPath(key).name for key in normalized]
+    if len(set(file_names)) == len(file_names):
+        return file_names
+    try:
+        common = os.path.commonpath(normalized)
+    except ValueError:  # absolute and relative paths mixed: no common folder
+        return normalized
+    if not common:
+        return normalized
+    return [PurePosixPath(key).relative_to(common).as_posix() for key in normalized]
 
 
 def _normalize_image_key(text: str) -> str:
@@ -382,8 +394,8 @@ def build_split_files(
     """
     paths = list(rows_by_image)
     fold_table = [FOLDS_HEADER]
-    for path, person, fold in zip(paths, persons, folds):
-        fold_table.append([PurePosixPath(path).name, person, fold, rebase_path(path, annotations_dir, out_dir)])
+    for path, name, person, fold in zip(paths, image_names(paths), persons, folds):
+        fold_table.append([name, person, fold, rebase_path(path, annotations_dir, out_dir)])
     files = {FOLDS_FILE: _format_csv(fold_table)}
 
     for fold in sorted(set(folds)):
@@ -461,7 +473,14 @@ def run(args: argparse.Namespace) -> None:
     params = load_params(args.params, args.profile)["split"]
     rows_by_image = parse_annotations(_read_text(args.annotations), str(args.annotations))
     paths = list(rows_by_image)
-    check_unique_file_names(paths, str(args.annotations))
+    image_names(paths, str(args.annotations))
+    file_names = Counter(PurePosixPath(_normalize_image_key(path)).name for path in paths)
+    repeated = sum(count for count in file_names.values() if count > 1)
+    if repeated:
+        logger.info(
+            "%s: %d images share their file name with another image, so folds.csv names each image by its path",
+            args.annotations, repeated,
+        )  # fmt: skip
 
     persons, folds = group_and_fold(paths, args, params)
     files = build_split_files(rows_by_image, persons, folds, args.annotations.parent, args.out)

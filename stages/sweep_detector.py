@@ -93,7 +93,7 @@ def read_evaluation_inputs(splits_dir: Path, data_summary_path: Path, evaluate_p
     """
     evaluate_detector.check_evaluate_params(evaluate_params)
     folds_table = evaluate_detector.read_folds_table(splits_dir / "folds.csv")
-    annotations = evaluate_detector.read_split_annotations(splits_dir, folds_table)
+    annotations = evaluate_detector.read_split_annotations(splits_dir, folds_table, one_face_per_image=False)
     data_summary = evaluate_detector.read_data_summary(data_summary_path)
     folds = sorted(int(fold) for fold in folds_table["fold"].unique())
     trained = [fold.index for fold in training_folds]

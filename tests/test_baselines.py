@@ -113,6 +113,63 @@ def test_evaluate_detector_without_detections():
     assert baselines.no_detection_share(annotations[annotations["part"] == "heldout"], empty, 0.5) == 1.0
 
 
+def multi_face_fold() -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Build one fold: 10 training faces for the calibration, and held-out images with two faces and none.
+
+    The held-out detections match both faces of two.jpg exactly, and the background image bg.jpg
+    gets one detection with a higher score, a false positive.
+    """
+    annotations, detections = fold_tables(np.random.default_rng(6))
+    annotations = annotations[annotations["part"] == "train"].head(10)
+    detections = detections[detections["image"].isin(annotations["image"])]
+    faces = [[100.0, 100.0, 200.0, 220.0], [300.0, 120.0, 380.0, 210.0]]
+    heldout = [{"fold": 0, "part": "heldout", "image": "two.jpg", **dict(zip(baselines.BOX_COLUMNS, face))}
+               for face in faces]
+    heldout.append({"fold": 0, "part": "heldout", "image": "bg.jpg", **dict.fromkeys(baselines.BOX_COLUMNS, np.nan)})
+    heldout_detections = [["two.jpg", *faces[0], 0.9], ["two.jpg", *faces[1], 0.8], ["bg.jpg", 0.0, 0.0, 50.0, 50.0, 0.95]]
+    return (
+        pd.concat([annotations, pd.DataFrame(heldout)], ignore_index=True),
+        pd.concat([detections, pd.DataFrame(heldout_detections, columns=baselines.DETECTION_COLUMNS)], ignore_index=True),
+    )
+
+
+def test_scores_each_face_and_background():
+    annotations, detections = multi_face_fold()
+
+    blocks, per_image = baselines.evaluate_detector("mtcnn", annotations, detections, [0], BASELINE_PARAMS)
+
+    raw = blocks["raw"]["heldout"]
+    assert raw["images"] == 2
+    assert raw["faces"] == 2
+    assert raw["background_images"] == 1
+    assert raw["mean_iou"] == 1.0
+    assert raw["recall50"] == 1.0
+    # Ranked by score: the false positive on bg.jpg, then the two faces. Precision is 1/2 at
+    # recall 0.5 and 2/3 at recall 1, so the VOC envelope gives AP = 0.5 * 2/3 + 0.5 * 2/3.
+    assert raw["ap50"] == pytest.approx(2 / 3)
+    assert per_image["image"].tolist() == ["two.jpg", "two.jpg"]
+    assert per_image["raw_iou"].tolist() == [1.0, 1.0]
+    assert per_image["score"].tolist() == pytest.approx([0.9, 0.8])
+
+
+def test_calibration_pairs_skip_background_rows():
+    annotations, detections = multi_face_fold()
+    heldout = annotations[annotations["part"] == "heldout"]
+
+    detected, annotated = baselines.calibration_pairs(heldout, detections, min_score=0.5, min_iou=0.3)
+
+    np.testing.assert_allclose(annotated, heldout[baselines.BOX_COLUMNS].to_numpy()[:2])
+    np.testing.assert_allclose(detected, annotated)
+
+
+def test_no_detection_share_ignores_background_images():
+    annotations, detections = multi_face_fold()
+    heldout = annotations[annotations["part"] == "heldout"]
+    assert baselines.no_detection_share(heldout, detections, 0.5) == 0.0
+    without_face_detections = detections[detections["image"] != "two.jpg"]
+    assert baselines.no_detection_share(heldout, without_face_detections, 0.5) == 1.0
+
+
 @pytest.fixture(scope="module")
 def caltech_image(caltech_raw_dir):
     """Return the first Caltech image as RGB and its annotated face box [x1, y1, x2, y2]."""

@@ -2,7 +2,9 @@
 
 import json
 import logging
+import os
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -35,7 +37,7 @@ def write_split(root):
     splits = root / "data" / "splits"
     splits.mkdir(parents=True)
     folds = pd.DataFrame(
-        [(name, person, fold, f"data/images/{name}") for name, (person, fold, _) in IMAGES.items()],
+        [(name, person, fold, f"../images/{name}") for name, (person, fold, _) in IMAGES.items()],
         columns=["image", "person", "fold", "path"],
     )
     folds.to_csv(splits / "folds.csv", index=False)
@@ -558,7 +560,7 @@ def add_image(root, name, person, fold, boxes):
     Image.new("RGB", (40, 30), color=(120, 90, 60)).save(root / "data" / "images" / name)
     splits = root / "data" / "splits"
     with (splits / "folds.csv").open("a") as handle:
-        handle.write(f"{name},{person},{fold},data/images/{name}\n")
+        handle.write(f"{name},{person},{fold},../images/{name}\n")
     cells = [",".join(map(str, box)) + ",face" for box in boxes] or [",,,,"]
     lines = "".join(f"../../images/{name},{cell}\n" for cell in cells)
     for fold_dir, file_name in ((f"fold{fold}", "test.csv"), (f"fold{1 - fold}", "train.csv")):
@@ -650,3 +652,108 @@ def test_metrics_layout_accepts_null_reason_string():
     stage.check_metrics_layout({"heldout": {"ap50": None, "null_reason": "no face boxes"}}, "m.json")
     with pytest.raises(DataError, match=r"heldout.null_reason is 3, expected a string or null"):
         stage.check_metrics_layout({"heldout": {"null_reason": 3}}, "m.json")
+
+
+# --- Images with the same file name in different folders -------------------------------------
+
+
+def write_repeated_name_split(root):
+    """Split four images, two of them named img_1.jpg, into two folds with the split stage."""
+    import yaml
+
+    from stages import split
+
+    paths = ["d1/img_1.jpg", "d2/img_1.jpg", "d1/img_2.jpg", "d2/img_3.jpg"]
+    for path in paths:
+        (root / "data" / "images" / path).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (40, 30), color=(120, 90, 60)).save(root / "data" / "images" / path)
+    (root / "data" / "annotations.csv").write_text(
+        "images/d1/img_1.jpg,4,3,20,25,face\nimages/d1/img_1.jpg,22,3,38,25,face\nimages/d2/img_1.jpg,,,,,\n"
+        "images/d1/img_2.jpg,6,2,24,22,face\nimages/d2/img_3.jpg,10,5,30,28,face\n"
+    )
+    (root / "data" / "groups.csv").write_text(
+        "image,fold\nimages/d1/img_1.jpg,1\nimages/d2/img_1.jpg,2\nimages/d1/img_2.jpg,1\nimages/d2/img_3.jpg,2\n"
+    )
+    params = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
+    params["split"] = {"folds": 2, "seed": 3}
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    argv = ["--params", str(root / "params.yaml"), "--annotations", str(root / "data" / "annotations.csv"),
+            "--groups", str(root / "data" / "groups.csv"), "--out", str(root / "data" / "splits")]
+    assert split.main(argv) == 0
+
+    data_summary = root / "reports" / "metrics" / "data.json"
+    data_summary.parent.mkdir(parents=True)
+    data_summary.write_text(
+        json.dumps({"images_annotated": 4, "images_present": 4, "images_missing": 0, "missing_images": []})
+    )
+
+
+def test_repeated_file_names_stay_apart(tmp_path):
+    write_repeated_name_split(tmp_path)
+    # Each image gets a detection of its first face box; the background image gets a false positive.
+    detections = {
+        "d1/img_1.jpg": ([[4, 3, 20, 25], [22, 3, 38, 25]], [0.9, 0.8]),
+        "d2/img_1.jpg": ([[1, 1, 9, 9]], [0.7]),
+        "d1/img_2.jpg": ([[6, 2, 24, 22]], [0.9]),
+        "d2/img_3.jpg": ([[10, 5, 30, 28]], [0.9]),
+    }
+
+    def load(fold):
+        def predict(path):
+            boxes, scores = detections[Path(os.path.normpath(path)).relative_to(tmp_path / "data" / "images").as_posix()]
+            return np.asarray(boxes, dtype=np.float32), np.asarray(scores, dtype=np.float32)
+
+        return predict
+
+    arguments = stage_arguments(tmp_path)
+    arguments[arguments.index("--params") + 1] = str(tmp_path / "params.yaml")
+    assert stage.main(arguments, load_predictor=load) == 0
+
+    report = json.loads((tmp_path / "reports" / "metrics" / "detector.json").read_text())
+    assert report["dataset"]["images"] == 4
+    assert report["dataset"]["faces"] == 4
+    assert report["dataset"]["background_images"] == 1
+    per_image = pd.read_csv(tmp_path / "reports" / "detector" / "per_image.csv")
+    heldout = per_image[per_image["part"] == "heldout"]
+    # The split stage names the images by their paths below images/, the folder that contains them all.
+    assert heldout["image"].tolist() == ["d1/img_1.jpg", "d1/img_1.jpg", "d1/img_2.jpg", "d2/img_3.jpg"]
+    assert heldout["iou"].tolist() == [1.0, 1.0, 1.0, 1.0]
+    predictions = pd.read_csv(tmp_path / "data" / "predictions" / "detector" / "fold1.csv")
+    assert predictions.loc[predictions["part"] == "heldout", "image"].tolist() == ["d2/img_1.jpg", "d2/img_3.jpg"]
+
+
+def test_row_not_in_folds_table_names_line(tmp_path):
+    splits = write_split(tmp_path)
+    (tmp_path / "data" / "other").mkdir()
+    Image.new("RGB", (40, 30)).save(tmp_path / "data" / "other" / "image_0001.jpg")
+    test_csv = splits / "fold0" / "test.csv"
+    test_csv.write_text(test_csv.read_text() + "../../other/image_0001.jpg,2,2,18,20,face\n")
+
+    message = r"fold0/test\.csv: line 4: image \.\./\.\./other/image_0001\.jpg .* is not listed in .*folds\.csv"
+    with pytest.raises(DataError, match=message):
+        stage.read_split_annotations(splits, stage.read_folds_table(splits / "folds.csv"))
+
+
+def test_folds_table_rejects_repeated_path(tmp_path):
+    path = tmp_path / "folds.csv"
+    path.write_text("image,person,fold,path\na.jpg,1,0,../images/a.jpg\nb.jpg,2,1,../images/a.jpg\n")
+    with pytest.raises(DataError, match=r"folds\.csv: line 3: path '\.\./images/a\.jpg' is listed more than once"):
+        stage.read_folds_table(path)
+
+
+def test_read_image_bgr_ignores_exif_orientation(tmp_path):
+    from stages import detector
+
+    height, width = 30, 40
+    pixels = np.zeros((height, width, 3), dtype=np.uint8)
+    pixels[:, : width // 2] = (250, 10, 10)
+    image = Image.fromarray(pixels)
+    exif = image.getexif()
+    exif[0x0112] = 6  # EXIF Orientation 6: viewers rotate the image by 90 degrees clockwise.
+    path = tmp_path / "rotated.jpg"
+    image.save(path, format="JPEG", exif=exif.tobytes(), quality=95)
+
+    bgr = detector.read_image_bgr(path)
+    assert bgr.shape == (height, width, 3)
+    stored = np.asarray(Image.open(path).convert("RGB"))[:, :, ::-1]
+    np.testing.assert_array_equal(bgr, stored)

@@ -9,6 +9,7 @@ import re
 from pathlib import Path
 
 import cv2
+import matplotlib.colors
 import numpy as np
 import pandas as pd
 import pytest
@@ -309,8 +310,10 @@ def test_main_reports_missing_image(tmp_path: Path, capsys: pytest.CaptureFixtur
 
 def test_select_examples_spans_best_to_worst() -> None:
     per_image = pd.DataFrame({
+        "fold": [0] * 6,
         "part": ["heldout"] * 5 + ["train"],
         "image": ["a", "b", "c", "d", "e", "f"],
+        "person": [1] * 6,
         "iou": [0.5, 0.9, np.nan, 0.7, 0.9, 1.0],
     })
 
@@ -320,8 +323,26 @@ def test_select_examples_spans_best_to_worst() -> None:
     assert list(chosen["rank"]) == [1, 3, 5]
 
 
+def test_select_examples_ranks_images_by_mean_face_iou() -> None:
+    per_image = pd.DataFrame({
+        "fold": [0, 0, 0, 1],
+        "part": ["heldout"] * 4,
+        "image": ["two", "two", "one", "other"],
+        "person": [1, 1, 2, 3],
+        "iou": [0.9, 0.3, 0.7, 0.5],
+    })
+
+    chosen = figures.select_examples(per_image, 5)
+
+    assert list(chosen["image"]) == ["one", "two", "other"]
+    assert chosen["iou"].tolist() == pytest.approx([0.7, 0.6, 0.5])
+    assert list(chosen["faces"]) == [1, 2, 1]
+    assert list(chosen["of"]) == [3, 3, 3]
+
+
 def test_select_examples_fewer_images_than_requested() -> None:
-    per_image = pd.DataFrame({"part": ["heldout", "heldout"], "image": ["a", "b"], "iou": [0.2, 0.8]})
+    per_image = pd.DataFrame({"fold": [0, 0], "part": ["heldout", "heldout"], "image": ["a", "b"], "person": [1, 2],
+                              "iou": [0.2, 0.8]})
 
     chosen = figures.select_examples(per_image, 6)
 
@@ -392,3 +413,60 @@ def test_read_csv_names_missing_columns(tmp_path: Path) -> None:
 
     with pytest.raises(figures.DataError, match=r"missing columns precision, score \(found: fold, part, recall\)"):
         figures.read_csv(path, figures.PR_COLUMNS)
+
+
+def two_face_example() -> figures.Example:
+    """Build an example image with two faces: one matched by a detection, one missed."""
+    faces = pd.DataFrame([
+        {"fold": 0, "part": "heldout", "image": "a.jpg", "person": 1, "iou": 0.8, "score": 0.9,
+         "gt_x1": 10.0, "gt_y1": 10.0, "gt_x2": 40.0, "gt_y2": 50.0,
+         "pred_x1": 12.0, "pred_y1": 11.0, "pred_x2": 41.0, "pred_y2": 52.0},
+        {"fold": 0, "part": "heldout", "image": "a.jpg", "person": 1, "iou": 0.0, "score": np.nan,
+         "gt_x1": 60.0, "gt_y1": 15.0, "gt_x2": 90.0, "gt_y2": 55.0,
+         "pred_x1": np.nan, "pred_y1": np.nan, "pred_x2": np.nan, "pred_y2": np.nan},
+    ], columns=list(figures.PER_IMAGE_COLUMNS))
+    detections = pd.DataFrame([[12.0, 11.0, 41.0, 52.0, 0.9], [95.0, 5.0, 115.0, 30.0, 0.6]],
+                              columns=["x1", "y1", "x2", "y2", "score"])
+    image = np.zeros((IMAGE_HEIGHT, IMAGE_WIDTH, 3), dtype=np.uint8)
+    return figures.Example(image=image, faces=faces, detections=detections, caption="a.jpg")
+
+
+def test_examples_draw_every_face() -> None:
+    fig = figures.plot_examples([two_face_example()], 0.5)
+
+    patches = fig.axes[0].patches
+    edge_colours = [matplotlib.colors.to_hex(patch.get_edgecolor()) for patch in patches]
+    assert edge_colours.count(figures.TRUE_BOX_COLOUR.lower()) == 2
+    assert edge_colours.count(figures.PREDICTED_BOX_COLOUR.lower()) == 1
+    assert edge_colours.count(figures.OTHER_BOX_COLOUR.lower()) == 1
+    texts = [text.get_text() for text in fig.axes[0].texts]
+    assert "no detection for 1 of 2 faces" in texts
+
+
+def test_other_detections_leave_out_matched_boxes() -> None:
+    example = two_face_example()
+
+    others = figures.other_detections(example.detections, example.faces, 0.5)
+
+    assert others[["x1", "y1", "x2", "y2"]].to_numpy().tolist() == [[95.0, 5.0, 115.0, 30.0]]
+
+
+def test_main_with_two_faces_and_background_image(tmp_path: Path) -> None:
+    paths = write_detector_outputs(tmp_path)
+    per_image = pd.read_csv(paths["per_image"])
+    first = per_image[(per_image["part"] == "heldout") & per_image["pred_x1"].notna()].iloc[0]
+    second_face = first.copy()
+    second_face[["gt_x1", "gt_x2", "pred_x1", "pred_x2"]] += 5.0
+    pd.concat([per_image, second_face.to_frame().T], ignore_index=True).to_csv(paths["per_image"], index=False)
+
+    # A background image is listed in folds.csv and has detections, but no per_image.csv rows.
+    cv2.imwrite(str(paths["images"] / "background.jpg"), np.zeros((IMAGE_HEIGHT, IMAGE_WIDTH, 3), np.uint8))
+    with (paths["splits"] / "folds.csv").open("a") as handle:
+        handle.write("background.jpg,99,0,../images/background.jpg\n")
+    with (paths["predictions"] / "fold0.csv").open("a") as handle:
+        handle.write("heldout,background.jpg,1.0,1.0,20.0,20.0,0.7\n")
+    out = tmp_path / "reports/figures"
+
+    assert figures.main(figures_argv(paths, write_params(tmp_path, 24), out)) == 0
+
+    assert sorted(path.name for path in out.iterdir()) == sorted(FIGURE_NAMES)

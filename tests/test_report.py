@@ -14,7 +14,7 @@ from PIL import Image
 
 from stages import report
 from stages.errors import DataError
-from stages.params import PROJECT_ROOT
+from stages.params import PROJECT_ROOT, load_params
 
 METRIC_KEYS = ("mean_iou", "min_iou", "max_iou", "median_iou", "ap50", "ap50_95", "recall50")
 FIGURE_SIZES = {"focal_loss.png": (300, 210), "per_image_iou.png": (470, 250), "examples.png": (420, 515),
@@ -665,3 +665,26 @@ def test_baseline_rows_show_detector_speed() -> None:
 )
 def test_accuracy_goals_text(profile, heldout, expected):
     assert report.accuracy_goals_text(profile, heldout, 0.943) == expected
+
+
+@pytest.mark.parametrize(("settings", "expected"), [
+    ({"format": "caltech", "annotations": "data/raw/caltech-faces-1999"},
+     "Caltech Faces 1999 (data/raw/caltech-faces-1999): 450 images of 27 persons, 5-fold cross-validation "
+     "grouped by person"),
+    ({"format": "csv", "annotations": "data/own/faces.csv"},
+     "the keras-retinanet annotation CSV (data/own/faces.csv): 450 images in 27 groups, 5-fold cross-validation "
+     "that keeps each group in one fold"),
+    ({"format": "fddb", "annotations": "data/fddb/FDDB-folds"},
+     "the FDDB annotations (data/fddb/FDDB-folds): 450 images in the dataset's own 5 folds"),
+])
+def test_dataset_text_names_the_dataset(settings: dict, expected: str) -> None:
+    dataset = {"images": 450, "persons": 27, "folds": 5, "grouped_by": "person"}
+
+    assert report.dataset_text({"dataset": settings}, dataset) == expected
+
+
+def test_pdf_names_the_configured_dataset(built_report: tuple[bytes, str]) -> None:
+    _data, text = built_report
+    params = load_params(PROJECT_ROOT / "params.yaml", "default")
+
+    assert f"on Caltech Faces 1999 ({params['dataset']['annotations']}):" in text

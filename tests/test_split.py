@@ -373,13 +373,44 @@ def test_assign_groups_names_unlisted_images():
         split.assign_groups(["a.jpg", "b.jpg"], groups, "groups.csv")
 
 
-def test_same_file_name_in_two_folders_rejected():
+def test_image_names_are_file_names_when_unique():
+    paths = ["images/image_0001.jpg", "images/image_0002.jpg"]
+    assert split.image_names(paths) == ["image_0001.jpg", "image_0002.jpg"]
+
+
+def test_image_names_are_paths_when_file_names_repeat():
     # FDDB has such pairs, for example img_393.jpg under several dates.
-    paths = ["2002/08/11/big/img_393.jpg", "2002/08/12/big/img_1.jpg", "2003/01/13/big/img_393.jpg"]
-    message = (r"annotations\.csv: images '2002/08/11/big/img_393\.jpg' and '2003/01/13/big/img_393\.jpg' "
-               r"have the same file name img_393\.jpg")
+    paths = ["2002/08/11/big/img_393.jpg", "2002\\08\\12\\big\\img_1.jpg", "./2003/01/13/big/img_393.jpg"]
+    names = split.image_names(paths)
+    assert names == ["2002/08/11/big/img_393.jpg", "2002/08/12/big/img_1.jpg", "2003/01/13/big/img_393.jpg"]
+
+
+def test_image_names_leave_out_the_common_folder():
+    paths = ["../fddb/images/2002/08/11/big/img_591.jpg", "../fddb/images/2003/01/13/big/img_591.jpg"]
+    assert split.image_names(paths) == ["2002/08/11/big/img_591.jpg", "2003/01/13/big/img_591.jpg"]
+
+
+def test_image_names_reject_one_file_twice():
+    message = r"annotations\.csv: images 'a/b\.jpg' and 'a/c/\.\./b\.jpg' are the same file a/b\.jpg"
     with pytest.raises(DataError, match=message):
-        split.check_unique_file_names(paths, "annotations.csv")
+        split.image_names(["a/b.jpg", "a/c/../b.jpg"], "annotations.csv")
+
+
+def test_main_names_repeated_file_names_by_path(tmp_path):
+    annotations = tmp_path / "annotations.csv"
+    paths = ["d1/img_1.jpg", "d2/img_1.jpg", "d1/img_2.jpg", "d2/img_3.jpg"]
+    annotations.write_text("".join(f"{path},1,2,30,40,face\n" for path in paths))
+    groups = tmp_path / "groups.csv"
+    groups.write_text(groups_text(paths, ["p1", "p2", "p1", "p2"]))
+    out = tmp_path / "splits"
+
+    argv = ["--params", str(write_params(tmp_path / "params.yaml", folds=2)), "--annotations", str(annotations),
+            "--groups", str(groups), "--out", str(out)]
+    assert split.main(argv) == 0
+
+    folds_table = parse_csv((out / "folds.csv").read_text())[1:]
+    assert [row[0] for row in folds_table] == paths
+    assert [row[3] for row in folds_table] == [f"../{path}" for path in paths]
 
 
 def test_main_with_groups_keeps_background_rows(tmp_path):

@@ -229,6 +229,27 @@ def test_fold_not_in_folds_csv_rejected(sweep_root: Path, capsys: pytest.Capture
     assert not (sweep_root / "checkpoints").exists()
 
 
+def test_inputs_accept_several_faces_and_background(sweep_root: Path) -> None:
+    splits = sweep_root / "splits"
+    Image.new("RGB", IMAGE_SIZE).save(sweep_root / "images" / "empty.jpg")
+    with (splits / "folds.csv").open("a") as handle:
+        handle.write("empty.jpg,0,0,../images/empty.jpg\n")
+    second_face = "../../images/image_0000.jpg,90,10,120,60,face\n"
+    with (splits / "fold0" / "test.csv").open("a") as handle:
+        handle.write(second_face + "../../images/empty.jpg,,,,,\n")
+    with (splits / "fold1" / "train.csv").open("a") as handle:
+        handle.write(second_face + "../../images/empty.jpg,,,,,\n")
+    training_folds = sweep_detector.train_detector.find_folds(splits)
+
+    evaluate_params = load_params(sweep_root / "params.yaml")["evaluate"]
+
+    inputs = sweep_detector.read_evaluation_inputs(splits, sweep_root / "data.json", evaluate_params, training_folds)
+
+    heldout = inputs.annotations[inputs.annotations["part"] == "heldout"]
+    assert (heldout["image"] == "image_0000.jpg").sum() == 2
+    assert heldout.loc[heldout["image"] == "empty.jpg", "x1"].isna().all()
+
+
 def test_missing_data_summary_before_training(sweep_root: Path, capsys: pytest.CaptureFixture) -> None:
     (sweep_root / "data.json").unlink()
 

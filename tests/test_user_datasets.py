@@ -259,20 +259,16 @@ def read_ellipse_entries(path: Path) -> list[tuple[str, list[str]]]:
 def write_fddb_subset(folds_dir: Path, out_folds: Path, images_dir: Path) -> dict[int, list[str]]:
     """Write reduced fold files, draw their images and return the image paths of each fold.
 
-    Each fold keeps its first FDDB_IMAGES_PER_FOLD images whose file names were not taken by an
-    earlier one, because the evaluation stages identify images by file name. Each image is
-    drawn large enough for every ellipse's box plus FDDB_IMAGE_MARGIN.
+    Each fold keeps its first FDDB_IMAGES_PER_FOLD images. Two of them share a file name
+    (img_393 of folds 5 and 7), as 660 of FDDB's 2,845 images do, so the evaluation must tell
+    images apart by path. Each image is drawn large enough for every ellipse's box plus
+    FDDB_IMAGE_MARGIN.
     """
     out_folds.mkdir(parents=True)
     fold_images: dict[int, list[str]] = {}
-    names_seen: set[str] = set()
     for fold in range(1, FDDB_FOLDS + 1):
         entries = read_ellipse_entries(folds_dir / f"FDDB-fold-{fold:02d}-ellipseList.txt")
-        chosen = []
-        for name, faces in entries:
-            if Path(name).name not in names_seen and len(chosen) < FDDB_IMAGES_PER_FOLD:
-                chosen.append((name, faces))
-                names_seen.add(Path(name).name)
+        chosen = entries[:FDDB_IMAGES_PER_FOLD]
         fold_images[fold] = [name for name, _ in chosen]
         (out_folds / f"FDDB-fold-{fold:02d}.txt").write_text("".join(f"{name}\n" for name, _ in chosen))
         (out_folds / f"FDDB-fold-{fold:02d}-ellipseList.txt").write_text(
@@ -282,7 +278,20 @@ def write_fddb_subset(folds_dir: Path, out_folds: Path, images_dir: Path) -> dic
             size = (math.ceil(max(box[2] for box in boxes)) + FDDB_IMAGE_MARGIN,
                     math.ceil(max(box[3] for box in boxes)) + FDDB_IMAGE_MARGIN)
             draw_image(images_dir / f"{name}.jpg", size, boxes, seed=fold * 100 + seed)
+    file_names = [Path(name).name for names in fold_images.values() for name in names]
+    assert len(set(file_names)) < len(file_names), "the subset should contain a repeated file name"
     return fold_images
+
+
+def fddb_image_names(fold_images: dict[int, list[str]]) -> dict[int, list[str]]:
+    """Return the folds.csv names of each fold's images.
+
+    File names repeat, so the split stage names each image by its path below the deepest
+    folder that contains all images of the subset (2002/ when every image is from 2002).
+    """
+    common = os.path.commonpath([name for names in fold_images.values() for name in names])
+    return {fold: [Path(f"{name}.jpg").relative_to(common).as_posix() for name in names]
+            for fold, names in fold_images.items()}
 
 
 def count_faces(folds_dir: Path) -> int:
@@ -305,9 +314,49 @@ def test_fddb_import_keeps_its_folds(fddb_folds, tmp_path, monkeypatch):
     folds_table = read_rows(Path("splits/folds.csv"))[1:]
     for fold, names in fold_images.items():
         test_images = sorted(image for image, _, image_fold, _ in folds_table if int(image_fold) == fold - 1)
-        assert test_images == sorted(f"{Path(name).name}.jpg" for name in names), f"FDDB fold {fold}"
+        assert test_images == sorted(fddb_image_names(fold_images)[fold]), f"FDDB fold {fold}"
         test_rows = read_rows(Path(f"splits/fold{fold - 1}/test.csv"))
-        assert {Path(row[0]).name for row in test_rows} == set(test_images)
+        test_paths = {os.path.normpath(Path(f"splits/fold{fold - 1}") / row[0]) for row in test_rows}
+        assert test_paths == {os.path.normpath(Path(f"fddb/images/{name}.jpg")) for name in names}
+
+
+def test_fddb_evaluation_keeps_repeated_names_apart(fddb_folds, tmp_path, monkeypatch):
+    from stages import evaluate_detector
+
+    monkeypatch.chdir(tmp_path)
+    fold_images = write_fddb_subset(fddb_folds, Path("fddb/folds"), Path("fddb/images"))
+    params = write_params(Path("params.yaml"), {"format": "fddb", "annotations": "fddb/folds",
+                                                "images": "fddb/images"}, split={"folds": FDDB_FOLDS})
+    assert convert.main(convert_argv(params, Path("interim"))) == 0
+    assert split.main(["--params", str(params), "--annotations", "interim/annotations.csv",
+                       "--groups", "interim/groups.csv", "--out", "splits"]) == 0
+
+    # The fake detector returns the converted boxes of the image it reads, so every face is found.
+    boxes_of_image: dict[str, list[list[float]]] = {}
+    for path, *box, _ in read_rows(Path("interim/annotations.csv")):
+        boxes_of_image.setdefault(os.path.normpath(Path("interim") / path), []).append([float(v) for v in box])
+
+    def load(fold):
+        def predict(path):
+            boxes = boxes_of_image[os.path.normpath(path)]
+            return np.asarray(boxes, dtype=np.float32), np.full(len(boxes), 0.9, dtype=np.float32)
+
+        return predict
+
+    argv = ["--params", str(params), "--splits", "splits", "--models", "models", "--predictions", "predictions",
+            "--metrics", "detector.json", "--per-image", "per_image.csv", "--pr-curves", "pr_curves.csv",
+            "--data-summary", "interim/data.json"]
+    assert evaluate_detector.main(argv, load_predictor=load) == 0
+
+    metrics = json.loads(Path("detector.json").read_text())
+    images = sum(len(names) for names in fold_images.values())
+    assert metrics["dataset"]["images"] == images
+    assert metrics["dataset"]["faces"] == count_faces(Path("fddb/folds"))
+    assert metrics["heldout"]["mean_iou"] == 1.0
+    assert metrics["heldout"]["recall50"] == 1.0
+    per_image = list(csv.DictReader(Path("per_image.csv").open()))
+    heldout_images = {row["image"] for row in per_image if row["part"] == "heldout"}
+    assert len(heldout_images) == images
 
 
 def test_fddb_split_needs_its_fold_count(fddb_folds, tmp_path, monkeypatch, capsys):
@@ -401,6 +450,6 @@ def test_dvc_smoke_on_fddb_annotations(fddb_folds, tmp_path):
     folds_table = read_rows(project / "data" / "splits" / "folds.csv")[1:]
     for fold, names in fold_images.items():
         test_images = sorted(image for image, _, image_fold, _ in folds_table if int(image_fold) == fold - 1)
-        assert test_images == sorted(f"{Path(name).name}.jpg" for name in names), f"FDDB fold {fold}"
+        assert test_images == sorted(fddb_image_names(fold_images)[fold]), f"FDDB fold {fold}"
     metrics = assert_sane_metrics(project, folds=FDDB_FOLDS)
     assert metrics["dataset"]["images"] == sum(len(names) for names in fold_images.values())
