@@ -14,7 +14,7 @@ from PIL import Image
 
 from stages import report
 from stages.errors import DataError
-from stages.params import PROJECT_ROOT
+from stages.params import PROJECT_ROOT, load_params
 
 METRIC_KEYS = ("mean_iou", "min_iou", "max_iou", "median_iou", "ap50", "ap50_95", "recall50")
 FIGURE_SIZES = {"focal_loss.png": (300, 210), "per_image_iou.png": (470, 250), "examples.png": (420, 515),
@@ -580,11 +580,15 @@ def focal_sweep_report(tmp_path_factory: pytest.TempPathFactory) -> str:
     return pdf_text((root / "reports/report.pdf").read_bytes())
 
 
+# The report states the shipped detector's epochs from the project's params.yaml.
+SHIPPED_EPOCHS = load_params(PROJECT_ROOT / "params.yaml", "default")["detector"]["epochs"]
+
+
 @pytest.mark.parametrize("expected", [
     "Focal-loss study",
     "Focal-loss study (4 settings, 6 epochs each): best gamma 2, alpha 0.25 with held-out mean IoU 0.882",
     "Against gamma0-alpha0.25: +0.013 (95% CI 0.008 to 0.018, paired t-test p = 0.0017)",
-    "for 6 epochs each (the shipped detector trains 20)",
+    f"for 6 epochs each (the shipped detector trains {SHIPPED_EPOCHS})",
     "0.869 +/- 0.018",
     "2 *",
     "0 (CE)",
