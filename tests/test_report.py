@@ -580,11 +580,15 @@ def focal_sweep_report(tmp_path_factory: pytest.TempPathFactory) -> str:
     return pdf_text((root / "reports/report.pdf").read_bytes())
 
 
+# The report states the shipped detector's epochs from the project's params.yaml.
+SHIPPED_EPOCHS = load_params(PROJECT_ROOT / "params.yaml", "default")["detector"]["epochs"]
+
+
 @pytest.mark.parametrize("expected", [
     "Focal-loss study",
     "Focal-loss study (4 settings, 6 epochs each): best gamma 2, alpha 0.25 with held-out mean IoU 0.882",
     "Against gamma0-alpha0.25: +0.013 (95% CI 0.008 to 0.018, paired t-test p = 0.0017)",
-    "for 6 epochs each (the shipped detector trains 20)",
+    f"for 6 epochs each (the shipped detector trains {SHIPPED_EPOCHS})",
     "0.869 +/- 0.018",
     "2 *",
     "0 (CE)",
