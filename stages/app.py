@@ -330,6 +330,9 @@ def run_validate(args: argparse.Namespace) -> int:
           f"{background} images without faces; {errors} errors, {dropped} dropped")
     if errors:
         return 1
+    if not dataset.images:
+        print("no image would be written, so the convert stage would fail")
+        return 1
     return 1 if args.strict and dropped else 0
 
 

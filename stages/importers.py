@@ -48,6 +48,17 @@ image with every box left out              dropped   not kept as an image withou
 malformed row, XML or fold file            error     wrong field count, invalid number, bad nesting
 blank CSV line                             fixed     skipped
 the same image in several rows or files    (none)    one image with several faces
+the same box twice on one image            dropped   the second copy is left out, because it would
+                                                     count as a face that no detection can match
+image with 16-bit or float pixels          error     Pillow's RGB conversion clips it to 0..255
+class mapping other than one class id 0    error     the detector has one output class
+empty annotation CSV                       error     nothing to convert
+file that is not UTF-8 text                error     the line of the first invalid byte is named
+FDDB angle outside [-pi/2, pi/2]           error     probably degrees, as FDDB uses radians
+FDDB image listed twice                    error     in one fold or in two folds
+VOC <object> not directly in <annotation>  error     wrong nesting
+VOC file with several <size> elements      error     the image size is ambiguous
+VOC file with a DTD or entities            error     defusedxml rejects them (no entity expansion)
 =========================================  ========  ==================================================
 
 The Caltech archive and FDDB store float coordinates by design, so their rounding is not
@@ -67,7 +78,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from defusedxml import ElementTree
+from defusedxml import DefusedXmlException, ElementTree
 from PIL import Image
 from tqdm import tqdm
 
@@ -100,6 +111,10 @@ SIZE_MISSING = "VOC size missing or zero"
 NO_FACE_LEFT = "image with every box left out"
 MALFORMED = "malformed input"
 BLANK_LINE = "blank CSV line"
+DUPLICATE_BOX = "duplicate box"
+HIGH_BIT_DEPTH = "image with more than 8 bits per channel"
+UNSUPPORTED_CLASSES = "class mapping other than one class with id 0"
+FDDB_ANGLE = "FDDB angle outside [-pi/2, pi/2]"
 
 # Warnings log this many examples per case after the count.
 LOGGED_EXAMPLES = 3
@@ -109,6 +124,11 @@ FDDB_FOLD_PATTERN = re.compile(r"^FDDB-fold-(\d+)\.txt$")
 FDDB_IMAGE_SUFFIX = ".jpg"
 FDDB_CLASS = "face"
 RGB_MODE = "RGB"
+# Pillow's convert("RGB") clips these modes to 0..255 instead of scaling them, so keras-retinanet's
+# CSVGenerator turns every pixel above 255 of a 16-bit image white (checked with Pillow 13.0).
+HIGH_BIT_MODES = frozenset({"I", "I;16", "I;16L", "I;16B", "I;16N", "F"})
+# The FDDB fold files give every angle in [-pi/2, pi/2] radians. The slack covers their 6 decimals.
+FDDB_MAX_ANGLE = math.pi / 2 + 1e-3
 
 
 @dataclass(frozen=True)
@@ -312,6 +332,10 @@ def check_image(pending: PendingImage, log: ProblemLog) -> ImageEntry | None:
         log.add(UNREADABLE_IMAGE, pending.source, pending.path, DROPPED,
                 f"{error}, boxes left out: {len(pending.boxes)}")
         return None
+    if mode in HIGH_BIT_MODES:
+        log.add(HIGH_BIT_DEPTH, pending.source, f"{pending.path} mode {mode}", ERROR,
+                "the training loader clips it to 8 bits, so convert it to 8-bit RGB or grayscale first")
+        return None
     if mode != RGB_MODE:
         log.add(NOT_RGB, pending.source, f"{pending.path} mode {mode}", FIXED,
                 "kept, because the training and prediction loaders convert it to 3-channel RGB")
@@ -324,7 +348,8 @@ def check_image(pending: PendingImage, log: ProblemLog) -> ImageEntry | None:
             log.add(SIZE_MISMATCH, pending.source, f"{declared_width}x{declared_height}", ERROR,
                     f"{pending.path} is {width}x{height}, so fix the size or the boxes")
             return None
-    faces = [face for face in (check_box(raw, width, height, log) for raw in pending.boxes) if face is not None]
+    checked = [face for face in (check_box(raw, width, height, log) for raw in pending.boxes) if face is not None]
+    faces = drop_duplicate_faces(checked, log)
     if pending.boxes and not faces:
         # Kept, the image would read as one without faces, and every detection on it would count
         # as a false positive.
@@ -332,6 +357,20 @@ def check_image(pending: PendingImage, log: ProblemLog) -> ImageEntry | None:
                 f"all {len(pending.boxes)} of its boxes were dropped or rejected")
         return None
     return ImageEntry(pending.key, pending.path, width, height, faces, pending.group, pending.source)
+
+
+def drop_duplicate_faces(faces: Sequence[Face], log: ProblemLog) -> list[Face]:
+    """Return ``faces`` without repeats of the same integer box and class, each repeat logged as dropped."""
+    first_source: dict[tuple[int, int, int, int, str], str] = {}
+    kept = []
+    for face in faces:
+        key = (face.x1, face.y1, face.x2, face.y2, face.class_name)
+        if key in first_source:
+            log.add(DUPLICATE_BOX, face.source, format_box(key[:4]), DROPPED, f"same box as {first_source[key]}")
+            continue
+        first_source[key] = face.source
+        kept.append(face)
+    return kept
 
 
 def check_images(pending: Iterable[PendingImage], classes: dict[str, int], log: ProblemLog) -> Dataset:
@@ -411,6 +450,12 @@ def read_classes(path: Path, log: ProblemLog) -> dict[str, int]:
         except ValueError:
             log.add(MALFORMED, where, f"id={raw_id!r}", ERROR, "the class id must be an integer")
             continue
+        if not name:
+            log.add(MALFORMED, where, ",".join(row), ERROR, "the class name is empty")
+            continue
+        if class_id < 0:
+            log.add(MALFORMED, where, f"id={class_id}", ERROR, "the class id must be 0 or greater")
+            continue
         folded = name.casefold()
         if folded in seen_names:
             log.add(DUPLICATE_CLASS, where, repr(raw_name), ERROR, f"same name as {seen_names[folded]}")
@@ -424,6 +469,20 @@ def read_classes(path: Path, log: ProblemLog) -> dict[str, int]:
     if not classes and not log.problems:
         log.add(MALFORMED, str(path), "empty", ERROR, "the class mapping has no classes")
     return classes
+
+
+def check_detector_classes(classes: dict[str, int], where: str, log: ProblemLog) -> None:
+    """Record an error unless ``classes`` is one class with id 0, the only mapping the detector can train.
+
+    keras-retinanet's CSVGenerator.num_classes is the largest id + 1, and stages.detector builds a
+    model with one output class. Any other mapping makes training fail on a shape mismatch, or with
+    id -1 write the labels into the anchor-state column of the targets.
+    """
+    if not classes or list(classes.values()) == [0]:
+        return
+    found = "; ".join(f"{name},{class_id}" for name, class_id in sorted(classes.items(), key=lambda item: item[1]))
+    log.add(UNSUPPORTED_CLASSES, where, found, ERROR,
+            "the detector has one output class, so the mapping must be a single line such as 'face,0'")
 
 
 def resolve_image_path(text: str, root: Path, where: str, log: ProblemLog) -> tuple[str, Path]:
@@ -442,11 +501,22 @@ def resolve_image_path(text: str, root: Path, where: str, log: ProblemLog) -> tu
     return Path(os.path.normpath(text)).as_posix(), root / path
 
 
+def read_utf8(path: Path) -> str:
+    """Return the text of ``path`` without a byte order mark; raise DataError naming the line of invalid UTF-8."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = data[: error.start].count(b"\n") + 1
+        raise DataError(
+            f"{path} line {line}: byte {data[error.start]:#04x} is not valid UTF-8, so save the file as UTF-8"
+        ) from None
+
+
 def _read_csv_rows(path: Path) -> list[tuple[int, list[str]]]:
     # csv.reader's line_num counts physical lines, so quoted fields with newlines keep true numbers.
-    with path.open(newline="", encoding="utf-8-sig") as handle:
-        reader = csv.reader(handle)
-        return [(reader.line_num, row) for row in reader]
+    reader = csv.reader(io.StringIO(read_utf8(path), newline=""))
+    return [(reader.line_num, row) for row in reader]
 
 
 # --- readers -----------------------------------------------------------------------------
@@ -460,10 +530,13 @@ def read_csv(annotations: Path, classes_csv: Path | None = None) -> Dataset:
     log = ProblemLog()
     classes_csv = classes_csv if classes_csv is not None else annotations.parent / "classes.csv"
     classes = read_classes(classes_csv, log)
+    check_detector_classes(classes, str(classes_csv), log)
     try:
         rows = _read_csv_rows(annotations)
     except OSError as error:
         raise DataError(f"{annotations}: cannot read the annotations: {error.strerror or error}") from None
+    if not any(value.strip() for _, row in rows for value in row):
+        log.add(MALFORMED, str(annotations), "no rows", ERROR, "the annotation CSV lists no images")
 
     pending: dict[str, PendingImage] = {}
     for number, row in tqdm(rows, desc="read CSV", unit="row"):
@@ -526,6 +599,10 @@ def read_voc(xml_dir: Path, images_dir: Path | None = None, classes_csv: Path | 
             line, column = error.position
             log.add(MALFORMED, f"{xml_path} line {line}", f"column {column}", ERROR, f"invalid XML: {error}")
             continue
+        except DefusedXmlException as error:
+            log.add(MALFORMED, str(xml_path), repr(error), ERROR,
+                    "DTDs and entities are not read, so write the values in place")
+            continue
         parsed.append((xml_path, root))
 
     if classes_csv is not None:
@@ -533,6 +610,7 @@ def read_voc(xml_dir: Path, images_dir: Path | None = None, classes_csv: Path | 
     else:
         names = sorted({(obj.findtext("name") or "").strip() for _, root in parsed for obj in root.iter("object")})
         classes = {name: class_id for class_id, name in enumerate(name for name in names if name)}
+    check_detector_classes(classes, str(classes_csv if classes_csv is not None else xml_dir), log)
 
     pending: dict[str, PendingImage] = {}
     for xml_path, root in parsed:
@@ -544,6 +622,16 @@ def _read_voc_file(xml_path: Path, root, images_dir: Path, classes: dict[str, in
                    pending: dict[str, PendingImage], log: ProblemLog) -> None:
     filename = _xml_text(root, "filename", str(xml_path), log)
     if filename is None:
+        return
+    if len(root.findall("size")) > 1:
+        log.add(MALFORMED, f"{xml_path} <size>", f"{len(root.findall('size'))} elements", ERROR,
+                "expected one <size> element")
+        return
+    top_level = set(root.findall("object"))
+    nested = [obj for obj in root.iter("object") if obj not in top_level]
+    if nested:
+        log.add(MALFORMED, f"{xml_path} <object>", f"{len(nested)} nested", ERROR,
+                "every <object> must be a direct child of <annotation>")
         return
     key, path = resolve_image_path(filename, images_dir, f"{xml_path} <filename>", log)
     image = pending.setdefault(key, PendingImage(key, path, None, str(xml_path)))
@@ -601,7 +689,7 @@ def read_fddb(folds_dir: Path, images_dir: Path) -> Dataset:
     log = ProblemLog()
     pending: dict[str, PendingImage] = {}
     for fold, list_path, ellipse_path in fddb_fold_files(folds_dir):
-        listed = [line.strip() for line in list_path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        listed = [line.strip() for line in read_utf8(list_path).splitlines() if line.strip()]
         entries = _read_ellipse_list(ellipse_path, log)
         names = [name for name, _, _ in entries]
         if names != listed:
@@ -611,13 +699,15 @@ def read_fddb(folds_dir: Path, images_dir: Path) -> Dataset:
                     f"the image order differs from {ellipse_path.name} ({len(listed)} vs {len(names)} images)")
         for name, where, boxes in entries:
             key = f"{name}{FDDB_IMAGE_SUFFIX}"
-            image = pending.setdefault(key, PendingImage(key, images_dir / key, fold, where))
-            image.boxes.extend(boxes)
+            if key in pending:
+                log.add(MALFORMED, where, name, ERROR, f"the image is already listed at {pending[key].source}")
+                continue
+            pending[key] = PendingImage(key, images_dir / key, fold, where, list(boxes))
     return check_images(pending.values(), {FDDB_CLASS: 0}, log)
 
 
 def _read_ellipse_list(path: Path, log: ProblemLog) -> list[tuple[str, str, list[RawBox]]]:
-    lines = path.read_text(encoding="utf-8").splitlines()
+    lines = read_utf8(path).splitlines()
     entries = []
     index = 0
     while index < len(lines):
@@ -641,9 +731,16 @@ def _read_ellipse_list(path: Path, log: ProblemLog) -> list[tuple[str, str, list
                 values = [float(text) for text in fields]
             except ValueError:
                 values = []
-            if len(values) != FDDB_FACE_FIELDS:
+            if len(values) != FDDB_FACE_FIELDS or not all(math.isfinite(value) for value in values):
                 log.add(MALFORMED, face_where, repr(" ".join(fields)), ERROR,
-                        "expected 'major_radius minor_radius angle center_x center_y 1'")
+                        "expected 'major_radius minor_radius angle center_x center_y 1' with finite numbers")
+                continue
+            if values[0] <= 0 or values[1] <= 0:
+                log.add(MALFORMED, face_where, repr(" ".join(fields)), ERROR, "the radii must be greater than 0")
+                continue
+            if abs(values[2]) > FDDB_MAX_ANGLE:
+                log.add(FDDB_ANGLE, face_where, f"angle={fields[2]}", ERROR,
+                        "FDDB angles are radians in [-pi/2, pi/2], so convert degrees with angle * pi / 180")
                 continue
             boxes.append(RawBox(ellipse_box(*values[:5]), FDDB_CLASS, face_where))
         entries.append((name, where, boxes))

@@ -320,7 +320,16 @@ def dataset_groups(
         return Groups({key: key for key in keys}, predefined_folds=False)
 
     listed = parse_groups(_read_text(groups_csv), str(groups_csv))
-    by_key = {_normalize_image_key(image): group for image, group in listed.group_of_image.items()}
+    by_key: dict[str, str] = {}
+    spelling: dict[str, str] = {}
+    for image, group in listed.group_of_image.items():
+        key = _normalize_image_key(image)
+        if key in by_key:
+            raise DataError(
+                f"{groups_csv}: images {spelling[key]!r} and {image!r} are the same file {key}, so list it once"
+            )
+        by_key[key] = group
+        spelling[key] = image
     missing = [key for key in keys if key not in by_key]
     if missing:
         examples = ", ".join(repr(key) for key in missing[:3])

@@ -7,6 +7,7 @@ import os
 import tarfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -488,3 +489,142 @@ def test_fddb_real_fold_files(tmp_path):
     assert counts == FDDB_FOLD_COUNTS
     assert len(dataset.images) == 2845
     assert sum(len(image.faces) for image in dataset.images) == 5171
+
+
+# --- bad input found by review -------------------------------------------------------------
+
+
+def test_csv_reader_empty_file_error(tmp_path):
+    annotations = write_csv_dataset(tmp_path, [])
+
+    dataset = importers.read_csv(annotations)
+
+    assert cases(dataset) == [(importers.MALFORMED, "annotations.csv", "error")]
+
+
+def test_csv_reader_duplicate_box_dropped(tmp_path):
+    write_image(tmp_path / "a.jpg")
+    annotations = write_csv_dataset(
+        tmp_path, ["a.jpg,1,2,30,40,face", "a.jpg,1,2,30,40,face", "a.jpg,1.0,2,30,40,Face", "a.jpg,2,2,30,40,face"]
+    )
+
+    dataset = importers.read_csv(annotations)
+
+    faces = dataset.images[0].faces
+    assert [(face.x1, face.y1, face.x2, face.y2) for face in faces] == [(1, 2, 30, 40), (2, 2, 30, 40)]
+    duplicates = [problem for problem in dataset.problems if problem.case == importers.DUPLICATE_BOX]
+    assert [problem.where.rsplit("/", 1)[-1] for problem in duplicates] == ["annotations.csv line 2",
+                                                                             "annotations.csv line 3"]
+    assert all(problem.action == "dropped" for problem in duplicates)
+
+
+def test_csv_reader_16_bit_png_error(tmp_path):
+    pixels = (np.arange(WIDTH * HEIGHT, dtype=np.uint16).reshape(HEIGHT, WIDTH) * 7)
+    Image.fromarray(pixels).save(tmp_path / "deep.png")
+    annotations = write_csv_dataset(tmp_path, ["deep.png,1,2,30,40,face"])
+
+    dataset = importers.read_csv(annotations)
+
+    assert dataset.images == []
+    assert cases(dataset) == [(importers.HIGH_BIT_DEPTH, "annotations.csv line 1", "error")]
+
+
+@pytest.mark.parametrize(
+    ("mapping", "case", "where"),
+    [
+        ("face,-1\n", importers.MALFORMED, "classes.csv line 1"),
+        (",0\n", importers.MALFORMED, "classes.csv line 1"),
+        ("face,1\n", importers.UNSUPPORTED_CLASSES, "classes.csv"),
+        ("face,0\nhead,1\n", importers.UNSUPPORTED_CLASSES, "classes.csv"),
+    ],
+)
+def test_class_mapping_detector_cannot_train_error(tmp_path, mapping, case, where):
+    write_image(tmp_path / "a.jpg")
+    annotations = write_csv_dataset(tmp_path, ["a.jpg,1,2,30,40,face"], classes=mapping)
+
+    dataset = importers.read_csv(annotations)
+
+    assert (case, where, "error") in cases(dataset)
+
+
+def test_voc_reader_entities_error(tmp_path):
+    (tmp_path / "bomb.xml").write_text(
+        '<?xml version="1.0"?>\n<!DOCTYPE a [<!ENTITY lol "lol"><!ENTITY lol2 "&lol;&lol;">]>\n'
+        "<annotation><filename>&lol2;</filename></annotation>\n"
+    )
+
+    dataset = importers.read_voc(tmp_path)
+
+    assert cases(dataset) == [(importers.MALFORMED, "bomb.xml", "error")]
+    assert "EntitiesForbidden" in dataset.problems[0].value
+
+
+def test_voc_reader_nested_object_error(tmp_path):
+    write_image(tmp_path / "a.jpg")
+    (tmp_path / "a.xml").write_text(
+        "<annotation><filename>a.jpg</filename><folder><object><name>face</name><bndbox><xmin>1</xmin>"
+        "<ymin>1</ymin><xmax>10</xmax><ymax>10</ymax></bndbox></object></folder></annotation>"
+    )
+
+    dataset = importers.read_voc(tmp_path)
+
+    assert cases(dataset) == [(importers.MALFORMED, "a.xml <object>", "error")]
+
+
+def test_voc_reader_two_sizes_error(tmp_path):
+    write_image(tmp_path / "a.jpg")
+    write_voc(tmp_path / "a.xml", "a.jpg", (WIDTH, HEIGHT), [("face", "1", "1", "10", "10")])
+    text = (tmp_path / "a.xml").read_text()
+    (tmp_path / "a.xml").write_text(text.replace("</filename>", "</filename><size><width>9</width></size>"))
+
+    dataset = importers.read_voc(tmp_path)
+
+    assert cases(dataset) == [(importers.MALFORMED, "a.xml <size>", "error")]
+    assert dataset.images == []
+
+
+@pytest.mark.parametrize(
+    ("face_line", "case"),
+    [
+        ("nan 10 0 50 40 1", importers.MALFORMED),
+        ("20 inf 0 50 40 1", importers.MALFORMED),
+        ("-20 10 0 50 40 1", importers.MALFORMED),
+        ("20 10 72.5 50 40 1", importers.FDDB_ANGLE),
+        ("20 10 -1.6 50 40 1", importers.FDDB_ANGLE),
+    ],
+)
+def test_fddb_reader_bad_ellipse_error(tmp_path, face_line, case):
+    write_fddb_fold(tmp_path, 1, [("img_a", [face_line])])
+    write_image(tmp_path / "img_a.jpg")
+
+    dataset = importers.read_fddb(tmp_path, tmp_path)
+
+    assert cases(dataset) == [(case, "FDDB-fold-01-ellipseList.txt line 3", "error")]
+
+
+def test_fddb_reader_image_in_two_folds_error(tmp_path):
+    write_fddb_fold(tmp_path, 1, [("img_a", ["20 10 0 50 40 1"])])
+    write_fddb_fold(tmp_path, 2, [("img_a", ["20 10 0 50 40 1"])])
+    write_image(tmp_path / "img_a.jpg")
+
+    dataset = importers.read_fddb(tmp_path, tmp_path)
+
+    assert cases(dataset) == [(importers.MALFORMED, "FDDB-fold-02-ellipseList.txt line 1", "error")]
+    assert [(image.group, len(image.faces)) for image in dataset.images] == [(1, 1)]
+
+
+def test_csv_reader_not_utf8_error(tmp_path):
+    write_image(tmp_path / "a.jpg")
+    annotations = write_csv_dataset(tmp_path, ["a.jpg,1,2,30,40,face"])
+    annotations.write_bytes(annotations.read_bytes() + "café.jpg,1,2,30,40,face\n".encode("latin-1"))
+
+    with pytest.raises(DataError, match=r"annotations\.csv line 2: byte 0xe9 is not valid UTF-8"):
+        importers.read_csv(annotations)
+
+
+def test_fddb_reader_not_utf8_error(tmp_path):
+    write_fddb_fold(tmp_path, 1, [("img_a", ["20 10 0 50 40 1"])])
+    (tmp_path / "FDDB-fold-01.txt").write_bytes("img_\xe9\n".encode("latin-1"))
+
+    with pytest.raises(DataError, match=r"FDDB-fold-01\.txt line 1: byte 0xe9 is not valid UTF-8"):
+        importers.read_fddb(tmp_path, tmp_path)

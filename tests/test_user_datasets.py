@@ -453,3 +453,17 @@ def test_dvc_smoke_on_fddb_annotations(fddb_folds, tmp_path):
         assert test_images == sorted(fddb_image_names(fold_images)[fold]), f"FDDB fold {fold}"
     metrics = assert_sane_metrics(project, folds=FDDB_FOLDS)
     assert metrics["dataset"]["images"] == sum(len(names) for names in fold_images.values())
+
+
+def test_convert_groups_same_image_two_spellings(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    write_csv_dataset(Path("data/user"))
+    groups = Path("data/user/groups.csv")
+    groups.write_text(groups.read_text() + "./images/p1_a.jpg,p9\n")
+    params = write_params(Path("params.yaml"), {"format": "csv", "annotations": "data/user/annotations.csv",
+                                                "images": "data/user", "groups": "data/user/groups.csv"})
+
+    assert convert.main(convert_argv(params, Path("out"))) == 1
+
+    assert "'images/p1_a.jpg' and './images/p1_a.jpg' are the same file" in capsys.readouterr().err
+    assert not Path("out/groups.csv").exists()

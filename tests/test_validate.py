@@ -170,3 +170,13 @@ def test_loaders_ignore_exif_orientation(tmp_path):
 
     assert training.shape == (HEIGHT, WIDTH, 3)
     np.testing.assert_array_equal(training, prediction)
+
+
+def test_validate_nothing_to_write_exits_one(tmp_path, capsys):
+    (tmp_path / "classes.csv").write_text("face,0\n")
+    (tmp_path / "annotations.csv").write_text("lost.jpg,1,2,30,40,face\n")
+
+    status, out = run_validate(capsys, "--format", "csv", str(tmp_path / "annotations.csv"))
+
+    assert status == 1
+    assert "no image would be written" in out
