@@ -159,8 +159,8 @@ def _add_validate_parser(commands) -> None:
     validate_parser = commands.add_parser(
         "validate", help="check an annotated dataset", description=(
             "Read a dataset as the convert stage does, print every problem with its file, line, value "
-            "and action, and count them. Exit status 1 if any problem is an error (or, with --strict, "
-            "if any face or image would be dropped)."))
+            "and action, and count them. Exit status 1 if any problem is an error, if no image would be "
+            "left, or, with --strict, if any face or image would be dropped."))
     validate_parser.add_argument("--format", dest="data_format", choices=FORMATS, required=True,
                                  help="annotation format of PATH")
     validate_parser.add_argument("path", type=Path, metavar="PATH",
@@ -309,7 +309,11 @@ def _problem_order(problem) -> tuple[str, int]:
 
 
 def run_validate(args: argparse.Namespace) -> int:
-    """Print every problem of a dataset and their counts; return 1 on errors (or drops with --strict)."""
+    """Print every problem of a dataset and their counts.
+
+    Return 1 on errors, when no image is left (the convert stage stops then too) or, with
+    --strict, on drops.
+    """
     from stages.convert import read_dataset
     from stages.importers import DROPPED, ERROR
 
@@ -328,10 +332,11 @@ def run_validate(args: argparse.Namespace) -> int:
     dropped = sum(problem.action == DROPPED for problem in dataset.problems)
     print(f"\nwould write {len(dataset.images)} of {len(dataset.listed)} images, {faces} faces, "
           f"{background} images without faces; {errors} errors, {dropped} dropped")
-    if errors:
-        return 1
     if not dataset.images:
-        print("no image would be written, so the convert stage would fail")
+        print(f"error: no image would be written: none of the {len(dataset.listed)} annotated images is "
+              "present and readable, so the convert stage would stop")
+        return 1
+    if errors:
         return 1
     return 1 if args.strict and dropped else 0
 

@@ -583,7 +583,8 @@ def read_voc(xml_dir: Path, images_dir: Path | None = None, classes_csv: Path | 
     are 1-based and inclusive (VOC development kit documentation), so the box edges are
     (xmin - 1, ymin - 1, xmax, ymax). keras-retinanet's own VOC reader subtracts 1 from xmax
     and ymax too, one pixel less on the right and bottom. Without ``classes_csv`` the classes
-    are the object names found, sorted, with ids 0, 1, ...
+    are the object names found, sorted, with ids 0, 1, ... Names that differ only in case are one
+    class, spelled as the first of them in sorted order, and the other spellings are fixed to it.
     """
     log = ProblemLog()
     images_dir = images_dir if images_dir is not None else xml_dir
@@ -609,6 +610,7 @@ def read_voc(xml_dir: Path, images_dir: Path | None = None, classes_csv: Path | 
         classes = read_classes(classes_csv, log)
     else:
         names = sorted({(obj.findtext("name") or "").strip() for _, root in parsed for obj in root.iter("object")})
+        names = sorted({name.casefold(): name for name in reversed(names)}.values())
         classes = {name: class_id for class_id, name in enumerate(name for name in names if name)}
     check_detector_classes(classes, str(classes_csv if classes_csv is not None else xml_dir), log)
 

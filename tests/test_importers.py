@@ -403,6 +403,18 @@ def test_voc_reader_invalid_xml_error(tmp_path):
     ]
 
 
+def test_voc_reader_found_names_case_folded(tmp_path):
+    write_image(tmp_path / "a.jpg")
+    write_voc(tmp_path / "a.xml", "a.jpg", (WIDTH, HEIGHT),
+              [("face", "1", "1", "10", "10"), ("Face", "21", "1", "40", "10"), (" face ", "1", "21", "10", "40")])
+
+    dataset = importers.read_voc(tmp_path)
+
+    assert dataset.classes == {"Face": 0}
+    assert [face.class_name for face in dataset.images[0].faces] == ["Face", "Face", "Face"]
+    assert [problem.case for problem in dataset.problems] == [importers.CLASS_NAME_SPELLING] * 2
+
+
 def test_voc_reader_two_files_same_image(tmp_path):
     write_image(tmp_path / "a.jpg")
     write_voc(tmp_path / "a1.xml", "a.jpg", (WIDTH, HEIGHT), [("face", "1", "1", "10", "10")])

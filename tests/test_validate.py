@@ -88,6 +88,18 @@ def test_validate_strict_fails_on_dropped(tmp_path, capsys):
     assert f"{annotations} line 5: missing image: {tmp_path}/gone.jpg: dropped" in out
 
 
+def test_validate_no_image_left_exit_one(tmp_path, capsys):
+    (tmp_path / "classes.csv").write_text("face,0\n")
+    (tmp_path / "annotations.csv").write_text("gone.jpg,1,2,30,40,face\nlost.jpg,,,,,\n")
+
+    status, out = run_validate(capsys, "--format", "csv", str(tmp_path / "annotations.csv"))
+
+    assert status == 1
+    assert "would write 0 of 2 images" in out
+    assert "no image would be written" in out
+    assert "none of the 2 annotated images is present and readable" in out
+
+
 def test_validate_fddb_needs_images(tmp_path, capsys):
     status = app.main(["validate", "--format", "fddb", str(tmp_path)])
 
@@ -170,13 +182,3 @@ def test_loaders_ignore_exif_orientation(tmp_path):
 
     assert training.shape == (HEIGHT, WIDTH, 3)
     np.testing.assert_array_equal(training, prediction)
-
-
-def test_validate_nothing_to_write_exits_one(tmp_path, capsys):
-    (tmp_path / "classes.csv").write_text("face,0\n")
-    (tmp_path / "annotations.csv").write_text("lost.jpg,1,2,30,40,face\n")
-
-    status, out = run_validate(capsys, "--format", "csv", str(tmp_path / "annotations.csv"))
-
-    assert status == 1
-    assert "no image would be written" in out
