@@ -88,6 +88,23 @@ def all_images_fold(annotations_csv: Path) -> FoldData:
     return FoldData(0, annotations_csv, len(images))
 
 
+def training_images(train_csv: Path) -> list[tuple[str, Path]]:
+    """Return the distinct images of a keras-retinanet CSV as (name as written, file), sorted by name.
+
+    keras-retinanet resolves a relative image path from the CSV's folder, and so does this.
+    Raises TrainingError naming the CSV and the image when a file is missing.
+    """
+    with train_csv.open(newline="", encoding="utf-8") as handle:
+        names = sorted({row[0] for row in csv.reader(handle) if row})
+    images = []
+    for name in names:
+        path = train_csv.parent / name
+        if not path.is_file():
+            raise TrainingError(f"{train_csv}: image {name!r} not found at {path}")
+        images.append((name, path))
+    return images
+
+
 def resolve_backbone_weights(backbone: str, weights: str, mirror: Path | None) -> Path | None:
     """Return the ImageNet weights file for ``backbone``, or None when ``weights`` is 'none'.
 
@@ -129,14 +146,18 @@ TRAINING_CODE = ("detector.py", "detector_training.py", "kerascompat.py", "curve
 def run_key(detector_params: dict, fold: FoldData, classes_csv: Path, weights_path: Path | None) -> str:
     """Hash everything that shapes a fold's training run, to name its checkpoint folder.
 
-    The hash covers the settings, the fold's annotations, the class mapping, the backbone
-    weights and the training code, so an edited file or setting never resumes a stale run.
+    The hash covers the settings, the fold's annotations, the bytes of its images, the class
+    mapping, the backbone weights and the training code, so an edited file, image or setting
+    never resumes a stale run.
     """
     digest = hashlib.sha256()
     digest.update(json.dumps(detector_params, sort_keys=True).encode())
     for name in TRAINING_CODE:
         digest.update((Path(__file__).parent / name).read_bytes())
     digest.update(fold.train_csv.read_bytes())
+    for name, path in training_images(fold.train_csv):
+        digest.update(name.encode())
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
     digest.update(classes_csv.read_bytes())
     digest.update(b"" if weights_path is None else file_digest(weights_path, "sha256").encode())
     return digest.hexdigest()[:16]

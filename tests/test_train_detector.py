@@ -219,3 +219,27 @@ def test_missing_class_mapping_is_named_before_training(tmp_path, capsys):
     assert train_detector.main(argv) == 1
     assert f"{missing}: file not found" in capsys.readouterr().err
     assert not (tmp_path / "checkpoints").exists()
+
+
+def test_run_key_changes_with_image_bytes(tmp_path):
+    splits = write_fold(tmp_path)
+    fold = train_detector.find_folds(splits)[0]
+    params = tiny_detector_params()
+    classes = tmp_path / "classes.csv"
+    before = train_detector.run_key(params, fold, classes, None)
+    assert train_detector.run_key(params, fold, classes, None) == before
+
+    image = tmp_path / "images" / "image_0001.jpg"
+    pixels = np.asarray(Image.open(image)).copy()
+    pixels[0, 0] = 255 - pixels[0, 0]
+    Image.fromarray(pixels).save(image)
+
+    assert train_detector.run_key(params, fold, classes, None) != before
+
+
+def test_run_key_names_missing_image(tmp_path):
+    splits = write_fold(tmp_path)
+    fold = train_detector.find_folds(splits)[0]
+    (tmp_path / "images" / "image_0002.jpg").unlink()
+    with pytest.raises(train_detector.TrainingError, match=r"train\.csv: image '\.\./\.\./images/image_0002\.jpg' not found"):
+        train_detector.run_key(tiny_detector_params(), fold, tmp_path / "classes.csv", None)

@@ -11,6 +11,7 @@ rule train_detector:
         "stages/detector.py",
         "stages/kerascompat.py",
         SPLITS_DIR,
+        DATASET["images"],
         CLASSES_CSV,
     output:
         directory(DETECTOR_MODELS),
@@ -34,6 +35,7 @@ rule train_final_detector:
         "stages/detector.py",
         "stages/kerascompat.py",
         ANNOTATIONS_CSV,
+        DATASET["images"],
         CLASSES_CSV,
     output:
         directory(FINAL_DETECTOR),

@@ -8,6 +8,7 @@ rule evaluate_detector:
         "stages/metrics.py",
         "stages/detector.py",
         SPLITS_DIR,
+        DATASET["images"],
         DETECTOR_MODELS,
         DATA_SUMMARY,
     output:
@@ -32,6 +33,7 @@ rule evaluate_baselines:
         "stages/metrics.py",
         "stages/evaluate_detector.py",
         SPLITS_DIR,
+        DATASET["images"],
         RAW_DIR,
     output:
         BASELINES_METRICS,

@@ -11,6 +11,7 @@ rule figures:
         PR_CURVES_CSV,
         DETECTOR_CURVES,
         SPLITS_DIR,
+        DATASET["images"],
         DETECTOR_PREDICTIONS,
     output:
         directory(FIGURES_DIR),

@@ -28,6 +28,7 @@ rule sweep_detector:
         "stages/evaluate_detector.py",
         "stages/metrics.py",
         SPLITS_DIR,
+        DATASET["images"],
         CLASSES_CSV,
         DATA_SUMMARY,
     output:
