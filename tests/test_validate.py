@@ -127,6 +127,7 @@ def test_validate_voc_folder(tmp_path, capsys):
 
 
 def test_written_csv_accepted_by_keras_retinanet(tmp_path):
+    from stages import kerascompat  # noqa: F401  (keras-retinanet must import the Keras 2 package)
     from keras_retinanet.preprocessing.csv_generator import _read_annotations, _read_classes
 
     annotations = write_dataset(tmp_path / "user", GOOD_ROWS + ["a.jpg,40.0,2,63.5,47.2, Face"])
@@ -150,6 +151,7 @@ def test_written_csv_accepted_by_keras_retinanet(tmp_path):
 
 @pytest.mark.parametrize(("name", "mode"), [("gray.jpg", "L"), ("alpha.png", "RGBA")])
 def test_training_and_prediction_loaders_agree(tmp_path, name, mode):
+    from stages import kerascompat  # noqa: F401  (keras-retinanet must import the Keras 2 package)
     from keras_retinanet.utils.image import read_image_bgr as training_loader
 
     from stages.predict import read_image
@@ -166,6 +168,7 @@ def test_training_and_prediction_loaders_agree(tmp_path, name, mode):
 
 
 def test_loaders_ignore_exif_orientation(tmp_path):
+    from stages import kerascompat  # noqa: F401  (keras-retinanet must import the Keras 2 package)
     from keras_retinanet.utils.image import read_image_bgr as training_loader
 
     from stages.predict import read_image
