@@ -37,8 +37,8 @@ reads an annotated dataset as the convert stage does and prints one line per pro
 ``FILE line N: case: value: action (explanation)``, then a table with the count per case and
 action, then what the convert stage would write (images, faces, images without faces). The
 cases and their actions (error, dropped, fixed) are listed in ``stages.importers``. Exit
-status: 1 when any problem is an error, or with ``--strict`` when any face or image would be
-dropped; 0 otherwise. It writes no files.
+status: 1 when any problem is an error, when no image would be left, or with ``--strict`` when
+any face or image would be dropped; 0 otherwise. It writes no files.
 """
 
 from __future__ import annotations
