@@ -191,10 +191,10 @@ def best_anchor_iou(anchors: np.ndarray, boxes: np.ndarray, shape: tuple[int, in
     """Return the (K,) highest IoU of any of the (N, 4) ``anchors`` with each of the (K, 4) ``boxes``.
 
     IoU comes from keras-retinanet's ``compute_overlap``, but only for the anchors whose centre is
-    within the largest anchor stride of the box centre in x and in y. That is exact for a box
-    centred inside the image (``shape`` is its height and width): on each pyramid level and for
-    each anchor size, the IoU is highest at the grid point nearest the box centre in each axis,
-    and that point is at most one stride away. A box centred outside the image is compared with
+    within the largest anchor stride of the box centre in x and in y. ``shape`` is the image's
+    height and width. The shortcut is exact for a box centred inside the image. On each pyramid
+    level and for each anchor size, the IoU is highest at the grid point nearest the box centre
+    in each axis, and that point is at most one stride away. A box centred outside the image is compared with
     every anchor. At 800/1333 px (about 180,000 anchors per image) the shortcut cut the check of
     the 445 Caltech boxes from about 12 s to under 2 s on a busy 2-core CPU.
     """

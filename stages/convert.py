@@ -284,7 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 @dataclass(frozen=True)
 class DatasetSource:
-    """Where a dataset is and how to read it: the ``dataset`` parameters or their command-line options."""
+    """Location and format of a dataset, from the ``dataset`` parameters or their command-line options."""
 
     data_format: str
     annotations: Path

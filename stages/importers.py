@@ -40,7 +40,7 @@ image path                                 (none)    resolved against the CSV's 
                                                      images folder), never the working folder
 missing image                              dropped   the image and its faces are left out
 image cut short or not decodable           dropped   the image and its faces are left out
-image mode other than RGB (L, RGBA, ...)   fixed     kept; every loader converts it to 3-channel RGB
+image mode other than RGB (L, RGBA, ...)   fixed     kept, and every loader converts it to 3-channel RGB
 VOC size differs from the image            error     boxes may be scaled for another image
 VOC size missing or zero                   fixed     the image's own size is used
 image with every box left out              dropped   not kept as an image without faces, where every

@@ -198,7 +198,7 @@ def parse_groups(text: str, source: str) -> Groups:
     """Parse a groups.csv with the header ``image,group`` or ``image,fold`` (see the module docstring).
 
     Raises DataError naming ``source``, the line and the value for a wrong header, a row without
-    two fields, an empty image or group, an image listed twice, or a file without rows.
+    two fields, a missing image or group, an image listed twice, or a file without rows.
     """
     rows = list(csv.reader(io.StringIO(text)))
     headers = (GROUPS_HEADER, PREDEFINED_FOLDS_HEADER)
@@ -216,7 +216,7 @@ def parse_groups(text: str, source: str) -> Groups:
             raise DataError(f"{where}: expected 2 fields image,group, found {len(row)}: {row}")
         image, group = row[0], row[1].strip()
         if not image or not group:
-            raise DataError(f"{where}: empty image or group in {row}")
+            raise DataError(f"{where}: missing image or group in {row}; every row needs both")
         if image in group_of_image:
             raise DataError(f"{where}: image {image!r} already listed on line {line_of_image[image]}")
         group_of_image[image] = group
@@ -302,10 +302,11 @@ def dataset_groups(
 ) -> Groups:
     """Return the group of each image of a converted dataset, keyed by ``ImageEntry.key``.
 
-    caltech: the person from the person-range CSV ``persons_csv``; fddb: the FDDB fold, as the
-    dataset's own folds; csv and voc: the group from ``groups_csv`` (``image,group``, or
-    ``image,fold`` for folds of the user's own, with image paths as in the annotations), or
-    the image itself when ``groups_csv`` is None.
+    - caltech: the person, from the person-range CSV ``persons_csv``.
+    - fddb: the FDDB fold, because FDDB defines its own folds.
+    - csv and voc: the group from ``groups_csv``, whose header is ``image,group`` (or
+      ``image,fold`` for the user's own folds) and whose image paths are as in the annotations.
+      Without ``groups_csv`` every image is its own group.
     """
     keys = [image.key for image in images]
     if data_format == "caltech":

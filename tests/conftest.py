@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import csv
 import os
 from pathlib import Path
+from typing import Callable
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from stages.download import fetch_and_extract, resolve_mirror_root
 from stages.params import PROJECT_ROOT, load_params
@@ -62,3 +66,35 @@ def reuse_loaded_predictors(monkeypatch: pytest.MonkeyPatch, loaded_predictors: 
         return loaded_predictors[key]
 
     monkeypatch.setattr(predict, "load_predictor", load_once)
+
+
+# Width and height of the synthetic training pictures.
+TRAINING_IMAGE_SIZE = (128, 96)
+
+
+def _write_training_fold(root: Path, images: int = 4) -> Path:
+    """Write ``images`` dark pictures with one bright box each, as split folder fold0."""
+    image_dir = root / "images"
+    image_dir.mkdir(parents=True)
+    fold_dir = root / "splits" / "fold0"
+    fold_dir.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    rows = []
+    for index in range(images):
+        pixels = rng.integers(0, 60, size=(TRAINING_IMAGE_SIZE[1], TRAINING_IMAGE_SIZE[0], 3), dtype=np.uint8)
+        x1, y1 = 20 + 5 * index, 15 + 3 * index
+        x2, y2 = x1 + 50, y1 + 60
+        pixels[y1:y2, x1:x2] = 220
+        name = f"image_{index:04d}.jpg"
+        Image.fromarray(pixels).save(image_dir / name)
+        rows.append([f"../../images/{name}", x1, y1, x2, y2, "face"])
+    with (fold_dir / "train.csv").open("w", newline="") as handle:
+        csv.writer(handle).writerows(rows)
+    (root / "classes.csv").write_text("face,0\n")
+    return root / "splits"
+
+
+@pytest.fixture
+def write_training_fold() -> Callable[..., Path]:
+    """Provide a function that writes a one-fold split of dark pictures with one bright box each."""
+    return _write_training_fold

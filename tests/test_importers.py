@@ -480,8 +480,8 @@ def test_fddb_real_fold_files(tmp_path):
         archive.extractall(tmp_path, filter="data")
     folds = tmp_path / "FDDB-folds"
     images = tmp_path / "images"
-    # The fold files give no image sizes, so each stand-in image is made just large enough
-    # to contain all of its ellipses' boxes; then no face is clipped away.
+    # The fold files give no image sizes. Each stand-in image is just large enough to contain
+    # all of its ellipses' boxes, so no face is clipped.
     for _, _, ellipse_path in importers.fddb_fold_files(folds):
         for name, _, boxes in importers._read_ellipse_list(ellipse_path, importers.ProblemLog()):
             width = max([1] + [math.ceil(raw.box[2]) for raw in boxes])

@@ -17,11 +17,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from PIL import Image
 
 from stages.params import PROJECT_ROOT
 
-IMAGE_SIZE = (128, 96)  # width, height
 EPOCHS = 2
 STEPS_PER_EPOCH = 6
 # Tiny detector, so that its 12 training steps take seconds on a CPU.
@@ -49,28 +47,6 @@ curves.append_row = append_row
 sys.argv = ["stages.train_detector", *sys.argv[1:]]
 runpy.run_module("stages.train_detector", run_name="__main__", alter_sys=True)
 """
-
-
-def write_fold(root: Path, images: int = 4) -> Path:
-    """Write ``images`` dark pictures with one bright box each, as split folder fold0."""
-    image_dir = root / "images"
-    image_dir.mkdir(parents=True)
-    fold_dir = root / "splits" / "fold0"
-    fold_dir.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    rows = []
-    for index in range(images):
-        pixels = rng.integers(0, 60, size=(IMAGE_SIZE[1], IMAGE_SIZE[0], 3), dtype=np.uint8)
-        x1, y1 = 20 + 5 * index, 15 + 3 * index
-        x2, y2 = x1 + 50, y1 + 60
-        pixels[y1:y2, x1:x2] = 220
-        name = f"image_{index:04d}.jpg"
-        Image.fromarray(pixels).save(image_dir / name)
-        rows.append([f"../../images/{name}", x1, y1, x2, y2, "face"])
-    with (fold_dir / "train.csv").open("w", newline="") as handle:
-        csv.writer(handle).writerows(rows)
-    (root / "classes.csv").write_text("face,0\n")
-    return root / "splits"
 
 
 def write_params(root: Path) -> Path:
@@ -144,8 +120,8 @@ def leftover_temporary_files(*folders: Path) -> list[str]:
     return found
 
 
-def test_training_resumes_after_sigkill(tmp_path):
-    write_fold(tmp_path)
+def test_training_resumes_after_sigkill(tmp_path, write_training_fold):
+    write_training_fold(tmp_path)
     write_params(tmp_path)
 
     killed_early = subprocess.run([sys.executable, "-c", KILL_ON_EMPTY_STEPS_CSV, *training_arguments(tmp_path)],

@@ -356,7 +356,7 @@ def test_predefined_folds_count_mismatch():
         ("image,person\na.jpg,1\n", r"groups\.csv line 1: expected the header image,group or image,fold"),
         ("", r"groups\.csv line 1: expected the header .* found an empty file"),
         ("image,group\na.jpg,1,2\n", r"groups\.csv line 2: expected 2 fields image,group, found 3"),
-        ("image,group\na.jpg, \n", r"groups\.csv line 2: empty image or group"),
+        ("image,group\na.jpg, \n", r"groups\.csv line 2: missing image or group"),
         ("image,group\na.jpg,1\nb.jpg,2\na.jpg,3\n", r"groups\.csv line 4: image 'a\.jpg' already listed on line 2"),
         ("image,group\n", r"groups\.csv: no images listed"),
     ],

@@ -298,16 +298,21 @@ def count_faces(folds_dir: Path) -> int:
     return sum(len(faces) for path in folds_dir.glob("*-ellipseList.txt") for _, faces in read_ellipse_entries(path))
 
 
+def convert_and_split(params: Path) -> None:
+    """Run the convert stage into interim/ and the split stage into splits/, in the working folder."""
+    assert convert.main(convert_argv(params, Path("interim"))) == 0
+    split_argv = ["--params", str(params), "--annotations", "interim/annotations.csv",
+                  "--groups", "interim/groups.csv", "--out", "splits"]
+    assert split.main(split_argv) == 0
+
+
 def test_fddb_import_keeps_its_folds(fddb_folds, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     fold_images = write_fddb_subset(fddb_folds, Path("fddb/folds"), Path("fddb/images"))
     params = write_params(Path("params.yaml"), {"format": "fddb", "annotations": "fddb/folds",
                                                 "images": "fddb/images"}, split={"folds": FDDB_FOLDS})
 
-    assert convert.main(convert_argv(params, Path("interim"))) == 0
-    split_argv = ["--params", str(params), "--annotations", "interim/annotations.csv",
-                  "--groups", "interim/groups.csv", "--out", "splits"]
-    assert split.main(split_argv) == 0
+    convert_and_split(params)
 
     assert len(read_rows(Path("interim/annotations.csv"))) == count_faces(Path("fddb/folds"))
     assert read_rows(Path("interim/groups.csv"))[0] == ["image", "fold"]
@@ -327,9 +332,7 @@ def test_fddb_evaluation_keeps_repeated_names_apart(fddb_folds, tmp_path, monkey
     fold_images = write_fddb_subset(fddb_folds, Path("fddb/folds"), Path("fddb/images"))
     params = write_params(Path("params.yaml"), {"format": "fddb", "annotations": "fddb/folds",
                                                 "images": "fddb/images"}, split={"folds": FDDB_FOLDS})
-    assert convert.main(convert_argv(params, Path("interim"))) == 0
-    assert split.main(["--params", str(params), "--annotations", "interim/annotations.csv",
-                       "--groups", "interim/groups.csv", "--out", "splits"]) == 0
+    convert_and_split(params)
 
     # The fake detector returns the converted boxes of the image it reads, so every face is found.
     boxes_of_image: dict[str, list[list[float]]] = {}
