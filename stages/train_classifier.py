@@ -246,17 +246,23 @@ def run_epochs(params: dict, training_images: int) -> int:
 TRAINING_CODE = ("classifier.py", "classifier_training.py", "kerascompat.py", "curves.py")
 
 
-def run_key(classifier_params: dict, samples_csv: Path, weights_path: Path | None) -> str:
+def run_key(classifier_params: dict, samples: Samples, weights_path: Path | None) -> str:
     """Hash everything that shapes a training run, to name its checkpoint folder.
 
-    The hash covers the settings, the samples file (whose digest column covers the pixels),
-    the backbone weights and the training code, so a changed input never resumes a stale run.
+    The hash covers the settings, the samples file, the bytes of every training image (a face
+    crop changes when the detector does, while its row and source digest stay the same), the
+    backbone weights and the training code, so a changed input never resumes a stale run.
     """
     digest = hashlib.sha256()
     digest.update(json.dumps(classifier_params, sort_keys=True).encode())
     for name in TRAINING_CODE:
         digest.update((Path(__file__).parent / name).read_bytes())
-    digest.update(samples_csv.read_bytes())
+    digest.update(samples.csv_path.read_bytes())
+    for path in samples.paths:
+        try:
+            digest.update(path.read_bytes())
+        except FileNotFoundError:
+            raise DataError(f"{samples.csv_path}: image {path} not found") from None
     digest.update(b"" if weights_path is None else file_digest(weights_path, "sha256").encode())
     return digest.hexdigest()[:16]
 
@@ -288,7 +294,7 @@ def train_all(samples: Samples, params: dict, mirror: Path | None, final: bool, 
     from stages import classifier_training
 
     images = classifier_training.load_images(samples.paths, params["input_size"])
-    key_dir = checkpoint_root / run_key(params, samples.csv_path, weights_path)
+    key_dir = checkpoint_root / run_key(params, samples, weights_path)
     finished = {}
     for run in runs:
         work_dir = key_dir / run.name

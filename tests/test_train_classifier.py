@@ -309,3 +309,19 @@ def test_failed_download_says_how_to_avoid_it(tmp_path, monkeypatch):
 
 def test_weights_none_needs_no_file(tmp_path):
     assert train_classifier.resolve_imagenet_weights("vgg19", "none", tmp_path) is None
+
+
+def test_run_key_changes_when_a_crop_changes_but_its_row_does_not(tmp_path):
+    # A retrained detector crops faces differently; samples.csv (rows, source digests) stays the same.
+    samples = train_classifier.read_samples(write_samples(tmp_path))
+    before = train_classifier.run_key(tiny_params(), samples, None)
+    assert train_classifier.run_key(tiny_params(), samples, None) == before
+    cv2.imwrite(str(samples.paths[0]), np.flipud(pattern_image(0, 0, 32)))
+    assert train_classifier.run_key(tiny_params(), samples, None) != before
+
+
+def test_run_key_names_a_missing_image(tmp_path):
+    samples = train_classifier.read_samples(write_samples(tmp_path))
+    samples.paths[1].unlink()
+    with pytest.raises(DataError, match=f"image {samples.paths[1]} not found"):
+        train_classifier.run_key(tiny_params(), samples, None)

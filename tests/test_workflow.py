@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import itertools
 import re
 import shutil
@@ -214,3 +215,33 @@ def test_user_dataset_reaches_both_orchestrators(tmp_path):
     for name in ("download", "convert", "split"):
         for field in ("command", "outputs", "inputs"):
             assert snakemake[name][field] == dvc[name][field], f"stage {name}: {field} differ"
+
+
+def project_modules(module: str, found: set[str] | None = None) -> set[str]:
+    """Every ``stages`` module that ``module`` imports, directly or through another one, itself included."""
+    found = set() if found is None else found
+    path = PROJECT_ROOT / "stages" / f"{module}.py"
+    if module in found or not path.exists():
+        return found
+    found.add(module)
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module == "stages":
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("stages."):
+            names = [node.module.split(".")[1]]
+        elif isinstance(node, ast.Import):
+            names = [alias.name.split(".")[1] for alias in node.names if alias.name.startswith("stages.")]
+        else:
+            names = []
+        for name in names:
+            project_modules(name, found)
+    return found
+
+
+def test_stage_inputs_list_every_module_the_command_imports(declared):
+    # A module left out of a stage's inputs can change without the stage rerunning.
+    _, dvc = declared
+    for name, stage in dvc.items():
+        module = re.search(r"python -m stages\.(\w+)", stage["command"]).group(1)
+        listed = {Path(path).stem for path in stage["inputs"] if re.fullmatch(r"stages/\w+\.py", path)}
+        assert project_modules(module) <= listed, f"stage {name}: inputs lack {sorted(project_modules(module) - listed)}"

@@ -43,6 +43,8 @@ rule crop_faces:
         "stages/smiles_split.py",
         "stages/detector.py",
         "stages/kerascompat.py",
+        "stages/classifier.py",
+        "stages/download.py",
         SMILES_RAW["genki4k"],
         FINAL_DETECTOR,
     output:

@@ -27,6 +27,7 @@ rule sweep_detector:
         "stages/kerascompat.py",
         "stages/evaluate_detector.py",
         "stages/metrics.py",
+        "stages/anchor_check.py",
         SPLITS_DIR,
         DATASET["images"],
         CLASSES_CSV,
@@ -57,6 +58,8 @@ rule focal_sweep:
         "stages/figures.py",
         "stages/evaluate_detector.py",
         "stages/metrics.py",
+        "stages/detector.py",
+        "stages/kerascompat.py",
         expand(f"{SWEEP_RESULTS}/{{setting}}.json", setting=SWEEP_SETTINGS),
     output:
         directory(FOCAL_SWEEP_FIGURES),
