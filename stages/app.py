@@ -57,7 +57,7 @@ from pathlib import Path
 from typing import Callable
 
 from stages.cli import EXIT_INTERRUPTED, EXIT_TERMINATED, LOG_FORMAT
-from stages.errors import KNOWN_ERRORS
+from stages.errors import KNOWN_ERRORS, DataError
 
 log = logging.getLogger(__name__)
 
@@ -171,6 +171,9 @@ def _add_validate_parser(commands) -> None:
                                       "classes.csv next to PATH; for voc: the object names found)")
     validate_parser.add_argument("--images", type=Path, default=None, metavar="DIR",
                                  help="image folder for voc (default: PATH) and fddb (required)")
+    validate_parser.add_argument("--groups", type=Path, default=None, metavar="CSV",
+                                 help="groups CSV (image,group or image,fold) for csv and voc, checked as "
+                                      "the split stage reads it")
     validate_parser.add_argument("--strict", action="store_true",
                                  help="also exit with status 1 when any face or image would be dropped")
     validate_parser.set_defaults(handler=run_validate)
@@ -238,7 +241,6 @@ def run_predict(args: argparse.Namespace) -> int:
 
     from stages import predict
     from stages.atomic import write_text_atomic
-    from stages.errors import DataError
 
     paths, failures = predict.expand_inputs(args.inputs)
     for entry, reason in failures:
@@ -317,6 +319,9 @@ def run_validate(args: argparse.Namespace) -> int:
     from stages.convert import read_dataset
     from stages.importers import DROPPED, ERROR
 
+    if args.groups is not None and args.data_format in ("caltech", "fddb"):
+        raise DataError(f"--groups {args.groups}: the {args.data_format} format has a fixed grouping; "
+                        "leave the option out")
     dataset = read_dataset(args.data_format, args.path, args.classes, args.images)
     for problem in sorted(dataset.problems, key=_problem_order):
         print(problem.line())
@@ -336,9 +341,25 @@ def run_validate(args: argparse.Namespace) -> int:
         print(f"error: no image would be written: none of the {len(dataset.listed)} annotated images is "
               "present and readable, so the convert stage would stop")
         return 1
+    if args.groups is not None and not check_groups(dataset, args.data_format, args.groups):
+        return 1
     if errors:
         return 1
     return 1 if args.strict and dropped else 0
+
+
+def check_groups(dataset, data_format: str, groups_csv: Path) -> bool:
+    """Print how ``groups_csv`` groups the images that would be written, or why it cannot; False on error."""
+    from stages.split import dataset_groups
+
+    try:
+        groups = dataset_groups(dataset.images, data_format, None, groups_csv)
+    except DataError as error:
+        print(f"error: {error}")
+        return False
+    kind = "own folds" if groups.predefined_folds else "groups"
+    print(f"{groups_csv}: {len(groups.group_of_image)} images in {len(set(groups.group_of_image.values()))} {kind}")
+    return True
 
 
 # --- stream ----------------------------------------------------------------------------------

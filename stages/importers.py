@@ -31,8 +31,12 @@ x and y swapped                            error     the box reaches past the ri
 box partly outside the image               fixed     clipped to [0, width] x [0, height]
 box wholly outside the image               dropped   the face is left out, the image is kept
 background row ``path,,,,,``               (none)    kept as an image without faces, not a problem
+background row of an image with faces      fixed     the row is ignored, the image keeps its faces
 class name with stray spaces or other case fixed     replaced by the name in the class mapping
 unknown class name                         error     the name matches no mapping entry
+VOC object of a class not in the mapping   dropped   with a class CSV, objects of other classes (person,
+                                                     car, ...) are left out; an image with no face left
+                                                     is dropped as below
 duplicate name or id in the class mapping  error     names compared after stripping and case folding
 class mapping name with stray spaces       fixed     stripped
 Windows path separator (``a\\b.jpg``)       fixed     replaced by ``/``
@@ -100,6 +104,7 @@ PARTLY_OUTSIDE = "box partly outside the image"
 WHOLLY_OUTSIDE = "box wholly outside the image"
 CLASS_NAME_SPELLING = "class name with stray spaces or other case"
 UNKNOWN_CLASS = "unknown class name"
+OTHER_CLASS = "VOC object of a class not in the mapping"
 DUPLICATE_CLASS = "duplicate class in the mapping"
 MAPPING_SPACES = "class mapping name with stray spaces"
 WINDOWS_SEPARATOR = "Windows path separator"
@@ -111,6 +116,7 @@ SIZE_MISSING = "VOC size missing or zero"
 NO_FACE_LEFT = "image with every box left out"
 MALFORMED = "malformed input"
 BLANK_LINE = "blank CSV line"
+BACKGROUND_WITH_FACES = "background row of an image with faces"
 DUPLICATE_BOX = "duplicate box"
 HIGH_BIT_DEPTH = "image with more than 8 bits per channel"
 UNSUPPORTED_CLASSES = "class mapping other than one class with id 0"
@@ -212,6 +218,8 @@ class PendingImage:
     source: str
     boxes: list[RawBox] = field(default_factory=list)
     declared_size: tuple[int, int] | None = None
+    # Objects left out because their class is not in the mapping (VOC with a class CSV).
+    other_objects: int = 0
 
 
 class ProblemLog:
@@ -350,11 +358,12 @@ def check_image(pending: PendingImage, log: ProblemLog) -> ImageEntry | None:
             return None
     checked = [face for face in (check_box(raw, width, height, log) for raw in pending.boxes) if face is not None]
     faces = drop_duplicate_faces(checked, log)
-    if pending.boxes and not faces:
+    if (pending.boxes or pending.other_objects) and not faces:
         # Kept, the image would read as one without faces, and every detection on it would count
-        # as a false positive.
+        # as a false positive (a face that was never annotated, next to a person, included).
         log.add(NO_FACE_LEFT, pending.source, pending.path, DROPPED,
-                f"all {len(pending.boxes)} of its boxes were dropped or rejected")
+                f"all {len(pending.boxes) + pending.other_objects} of its boxes were dropped, rejected "
+                "or of other classes")
         return None
     return ImageEntry(pending.key, pending.path, width, height, faces, pending.group, pending.source)
 
@@ -539,6 +548,7 @@ def read_csv(annotations: Path, classes_csv: Path | None = None) -> Dataset:
         log.add(MALFORMED, str(annotations), "no rows", ERROR, "the annotation CSV lists no images")
 
     pending: dict[str, PendingImage] = {}
+    background_rows: dict[str, str] = {}
     for number, row in tqdm(rows, desc="read CSV", unit="row"):
         where = f"{annotations} line {number}"
         if not row or all(not value.strip() for value in row):
@@ -551,11 +561,16 @@ def read_csv(annotations: Path, classes_csv: Path | None = None) -> Dataset:
         key, path = resolve_image_path(row[0], annotations.parent, where, log)
         if all(not value.strip() for value in row[1:]):
             pending.setdefault(key, PendingImage(key, path, None, where))
+            background_rows.setdefault(key, where)
             continue
         # A row with an error adds no image, so a header line does not also report a missing image "path".
         raw = _parse_csv_box(row, where, classes, log)
         if raw is not None:
             pending.setdefault(key, PendingImage(key, path, None, where)).boxes.append(raw)
+    for key, where in background_rows.items():
+        if pending[key].boxes:
+            log.add(BACKGROUND_WITH_FACES, where, key, FIXED,
+                    f"ignored: other rows give the image {len(pending[key].boxes)} face(s)")
     return check_images(pending.values(), classes, log)
 
 
@@ -585,6 +600,7 @@ def read_voc(xml_dir: Path, images_dir: Path | None = None, classes_csv: Path | 
     and ymax too, one pixel less on the right and bottom. Without ``classes_csv`` the classes
     are the object names found, sorted, with ids 0, 1, ... Names that differ only in case are one
     class, spelled as the first of them in sorted order, and the other spellings are fixed to it.
+    With ``classes_csv``, objects of classes it does not list are left out (counted as dropped).
     """
     log = ProblemLog()
     images_dir = images_dir if images_dir is not None else xml_dir
@@ -608,20 +624,24 @@ def read_voc(xml_dir: Path, images_dir: Path | None = None, classes_csv: Path | 
 
     if classes_csv is not None:
         classes = read_classes(classes_csv, log)
+        check_detector_classes(classes, str(classes_csv), log)
     else:
         names = sorted({(obj.findtext("name") or "").strip() for _, root in parsed for obj in root.iter("object")})
         names = sorted({name.casefold(): name for name in reversed(names)}.values())
         classes = {name: class_id for class_id, name in enumerate(name for name in names if name)}
-    check_detector_classes(classes, str(classes_csv if classes_csv is not None else xml_dir), log)
+        if len(classes) > 1:
+            log.add(UNSUPPORTED_CLASSES, str(xml_dir), ", ".join(classes), ERROR,
+                    "the detector has one output class: give a class CSV with the face class only, "
+                    "such as 'face,0', and objects of the other classes are left out")
 
     pending: dict[str, PendingImage] = {}
     for xml_path, root in parsed:
-        _read_voc_file(xml_path, root, images_dir, classes, pending, log)
+        _read_voc_file(xml_path, root, images_dir, classes, pending, log, skip_other_classes=classes_csv is not None)
     return check_images(pending.values(), classes, log)
 
 
 def _read_voc_file(xml_path: Path, root, images_dir: Path, classes: dict[str, int],
-                   pending: dict[str, PendingImage], log: ProblemLog) -> None:
+                   pending: dict[str, PendingImage], log: ProblemLog, skip_other_classes: bool) -> None:
     filename = _xml_text(root, "filename", str(xml_path), log)
     if filename is None:
         return
@@ -655,6 +675,10 @@ def _read_voc_file(xml_path: Path, root, images_dir: Path, classes: dict[str, in
             continue
         texts = [_xml_text(box, tag, where, log) for tag in ("xmin", "ymin", "xmax", "ymax")]
         if name is None or any(text is None for text in texts):
+            continue
+        if skip_other_classes and name.strip().casefold() not in {known.casefold() for known in classes}:
+            log.add(OTHER_CLASS, where, repr(name), DROPPED, f"left out: the class mapping lists {', '.join(classes)}")
+            image.other_objects += 1
             continue
         values = [parse_coordinate(text, tag, where, log) for text, tag in zip(texts, ("xmin", "ymin", "xmax", "ymax"))]
         class_name = match_class(name, classes, where, log)
@@ -723,11 +747,17 @@ def _read_ellipse_list(path: Path, log: ProblemLog) -> list[tuple[str, str, list
             log.add(MALFORMED, f"{path} line {index + 1}", repr(count_text), ERROR,
                     f"expected the number of faces of {name}")
             return entries
+        count_where = f"{path} line {index + 1}"
         index += 1
         boxes = []
-        for _ in range(int(count_text)):
+        for face_number in range(int(count_text)):
+            if index >= len(lines) or _is_image_line(lines[index]):
+                found = "the end of the file" if index >= len(lines) else f"the image line {lines[index].strip()!r}"
+                log.add(MALFORMED, count_where, f"{count_text} faces", ERROR,
+                        f"{name} declares {count_text} faces but has {face_number}: line {index + 1} is {found}")
+                break
             face_where = f"{path} line {index + 1}"
-            fields = lines[index].split() if index < len(lines) else []
+            fields = lines[index].split()
             index += 1
             try:
                 values = [float(text) for text in fields]
@@ -747,6 +777,18 @@ def _read_ellipse_list(path: Path, log: ProblemLog) -> list[tuple[str, str, list
             boxes.append(RawBox(ellipse_box(*values[:5]), FDDB_CLASS, face_where))
         entries.append((name, where, boxes))
     return entries
+
+
+def _is_image_line(line: str) -> bool:
+    # An image path such as 2002/08/11/big/img_591: one field that is not a number. Blank lines count too.
+    fields = line.split()
+    if len(fields) != 1:
+        return not fields
+    try:
+        float(fields[0])
+    except ValueError:
+        return True
+    return False
 
 
 # --- reporting and writing ---------------------------------------------------------------

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from stages.download import fetch_and_extract, resolve_mirror_root
+from stages.download import (MIRROR_ENV, download_file, extract_archive, fetch_and_extract, locate_mirror_archive,
+                             resolve_mirror_root, verify_checksum)
 from stages.params import PROJECT_ROOT, load_params
 
 
@@ -98,3 +99,61 @@ def _write_training_fold(root: Path, images: int = 4) -> Path:
 def write_training_fold() -> Callable[..., Path]:
     """Provide a function that writes a one-fold split of dark pictures with one bright box each."""
     return _write_training_fold
+
+
+# The official archive of the 20 fold files; the data mirror has the same files in FDDB-folds.tar.
+FDDB_FOLDS_URL = "http://vis-www.cs.umass.edu/fddb/FDDB-folds.tgz"
+# sha256 of each fold file, so that the mirror's copy and the official archive are checked alike.
+FDDB_FOLD_SHA256 = {
+    "FDDB-fold-01-ellipseList.txt": "004a3b7bbdc74f016aa1bd9986f92404a9f28a4757622b1a24ec5971311deec1",
+    "FDDB-fold-01.txt": "755e046643b1f967d8ff31c2318c1ef52dcce129e001f74937623dbd5721fd88",
+    "FDDB-fold-02-ellipseList.txt": "2232f8fd1f65d4c7a2a60981281eb17b28ddca3d4aebe79ae2d66b0624ee85f4",
+    "FDDB-fold-02.txt": "86d70c1b8820a4e54233577ea83b1082de20809cc670c907f0759e57e69a9ab1",
+    "FDDB-fold-03-ellipseList.txt": "06172e3c7b69fb9df34c16f1f1056072d8c1226fee63ccd22879ba01d870646c",
+    "FDDB-fold-03.txt": "13c542d252023e21cab708b768668ea9509852e36bece758c60f76ef51a4079e",
+    "FDDB-fold-04-ellipseList.txt": "b2f90f7e766cf08882c73f319140cf1b5422c7df210a1ab837b5c21d7c65f155",
+    "FDDB-fold-04.txt": "48e2345f5a42ebb0cd66dee0cd1f6098305a98bb52ad998f2d3688889873da5a",
+    "FDDB-fold-05-ellipseList.txt": "e88ffa5bde969b66fd83849cbd810bc0203d3cbac35bb3333476ebbff0e90312",
+    "FDDB-fold-05.txt": "337b616c4036d0586530f5e427f539e460b241a785bc445ca6b09a769cb451df",
+    "FDDB-fold-06-ellipseList.txt": "b4f95ee702d521a23aec283bddfe05a9379cc1353652e872c5c7b551ad14e8cf",
+    "FDDB-fold-06.txt": "aeec1138186356e91f47848832416f8da57914a6337022a3f0561c78c4b15a2f",
+    "FDDB-fold-07-ellipseList.txt": "5d611ce67c320a776ee64d3be4f56d5e41b0408546d8eab83fdde84a09e368eb",
+    "FDDB-fold-07.txt": "12e91a9f4e910691465cd6c0b007c8fe36b1c36cc4fcf23622614d33e17eeecd",
+    "FDDB-fold-08-ellipseList.txt": "5c79e5656973a4d6cd4a028b56435438a9b298814ed37c8207c0ebe8b3d12ccd",
+    "FDDB-fold-08.txt": "6da3f688b600447005740f5d20bf94465fc288cbeee62379a252290c8b169a9f",
+    "FDDB-fold-09-ellipseList.txt": "f04b6da77c924ebed06621550ed2f4b5c7a486035c0e5ba795f571dc39c95f4e",
+    "FDDB-fold-09.txt": "8c3b328de4b51a953f55cf29ee65648643e0c3c0965ee55a19aa7fbfee58aa30",
+    "FDDB-fold-10-ellipseList.txt": "9f63bf350f049100edec9f7ec3b29d00a271aa476f3bf0e53a851a7daab2555f",
+    "FDDB-fold-10.txt": "936b1178949f26d8b05e18582c82e44fc1c94e040ac5c52fe81eb1492e2beaff",
+}
+
+
+def _fetch_fddb_folds(mirror: str | None, target: Path, url: str = FDDB_FOLDS_URL) -> Path:
+    """Extract the FDDB fold files into ``target`` and return their folder, each file checked.
+
+    The archive comes from ``<mirror>/fddb-folds/FDDB-folds.tar`` (checked against the mirror's
+    SHA256SUMS) when a mirror is set, otherwise it is downloaded from ``url``.
+    """
+    if mirror:
+        archive, expected, checksums = locate_mirror_archive(Path(mirror), "fddb-folds", "FDDB-folds.tar")
+        verify_checksum(archive, "sha256", expected, str(checksums))
+    else:
+        archive = target / Path(url).name
+        download_file(url, archive, retries=3, timeout_s=60)
+    extract_archive(archive, target)
+    folds_dir = target / "FDDB-folds"
+    for name, expected in FDDB_FOLD_SHA256.items():
+        verify_checksum(folds_dir / name, "sha256", expected, "the FDDB fold list of tests/conftest.py")
+    return folds_dir
+
+
+@pytest.fixture(scope="session")
+def fddb_folds(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Return the folder of the real FDDB fold files, from the mirror or the official archive."""
+    return _fetch_fddb_folds(os.environ.get(MIRROR_ENV), tmp_path_factory.mktemp("fddb"))
+
+
+@pytest.fixture
+def fetch_fddb_folds() -> Callable[..., Path]:
+    """Return the function behind ``fddb_folds``: (mirror or None, target folder[, url]) -> folder."""
+    return _fetch_fddb_folds

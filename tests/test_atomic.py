@@ -52,7 +52,7 @@ def test_old_output_renamed_aside_by_a_killed_writer_is_moved_back(tmp_path):
     assert not aside.exists()
 
 
-def test_aside_copy_is_dropped_when_the_new_output_is_in_place(tmp_path):
+def test_remove_leftovers_drops_aside_copy(tmp_path):
     target = tmp_path / "report.pdf"
     target.write_text("new report")
     (tmp_path / ".report.pdf.old-0123abcd").write_text("last good report")
@@ -69,7 +69,7 @@ def test_leftovers_of_other_outputs_are_not_touched(tmp_path):
     assert all(path.exists() for path in others)
 
 
-def test_replace_path_puts_the_old_target_back_when_the_move_fails(tmp_path, monkeypatch):
+def test_replace_path_failed_move_restores_target(tmp_path, monkeypatch):
     target = tmp_path / "models"
     target.mkdir()
     (target / "fold1.h5").write_text("good")

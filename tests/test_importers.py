@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import os
-import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -203,6 +202,17 @@ def test_csv_reader_background_row_kept(tmp_path):
 
     assert [(image.key, len(image.faces)) for image in dataset.images] == [("a.jpg", 1), ("empty.jpg", 0)]
     assert dataset.problems == []
+
+
+def test_csv_reader_background_row_of_an_image_with_faces_is_reported(tmp_path):
+    write_image(tmp_path / "a.jpg")
+    annotations = write_csv_dataset(tmp_path, ["a.jpg,,,,,", "a.jpg,1,2,30,40,face"])
+
+    dataset = importers.read_csv(annotations)
+
+    assert [(image.key, len(image.faces)) for image in dataset.images] == [("a.jpg", 1)]
+    assert [(problem.case, problem.where.rsplit("/", 1)[-1], problem.action) for problem in dataset.problems] == [
+        (importers.BACKGROUND_WITH_FACES, "annotations.csv line 1", importers.FIXED)]
 
 
 def test_csv_reader_paths_relative_to_csv_folder(tmp_path, monkeypatch):
@@ -426,6 +436,34 @@ def test_voc_reader_two_files_same_image(tmp_path):
     assert len(dataset.images[0].faces) == 2
 
 
+def test_voc_reader_leaves_out_other_classes_with_a_class_csv(tmp_path):
+    write_image(tmp_path / "a.jpg")
+    write_image(tmp_path / "street.jpg")
+    write_voc(tmp_path / "a.xml", "a.jpg", (WIDTH, HEIGHT),
+              [("person", "1", "1", "100", "80"), ("face", "11", "21", "30", "40")])
+    write_voc(tmp_path / "street.xml", "street.jpg", (WIDTH, HEIGHT), [("car", "1", "1", "50", "50")])
+    (tmp_path / "classes.csv").write_text("face,0\n")
+
+    dataset = importers.read_voc(tmp_path, classes_csv=tmp_path / "classes.csv")
+
+    # street.jpg may show faces that are not annotated, so it is not kept as an image without faces.
+    assert [(image.key, len(image.faces)) for image in dataset.images] == [("a.jpg", 1)]
+    assert cases(dataset) == [(importers.OTHER_CLASS, "a.xml object 1", "dropped"),
+                              (importers.OTHER_CLASS, "street.xml object 1", "dropped"),
+                              (importers.NO_FACE_LEFT, "street.xml", "dropped")]
+
+
+def test_voc_reader_several_classes_without_class_csv_error(tmp_path):
+    write_image(tmp_path / "a.jpg")
+    write_voc(tmp_path / "a.xml", "a.jpg", (WIDTH, HEIGHT),
+              [("person", "1", "1", "100", "80"), ("face", "11", "21", "30", "40")])
+
+    dataset = importers.read_voc(tmp_path)
+
+    assert [problem.case for problem in dataset.errors()] == [importers.UNSUPPORTED_CLASSES]
+    assert "give a class CSV with the face class only" in dataset.errors()[0].message
+
+
 # --- FDDB reader -------------------------------------------------------------------------
 
 
@@ -473,16 +511,35 @@ def test_fddb_reader_short_face_line_error(tmp_path):
     assert cases(dataset) == [(importers.MALFORMED, "FDDB-fold-01-ellipseList.txt line 3", "error")]
 
 
-def test_fddb_real_fold_files(tmp_path):
-    mirror = os.environ.get("EMOTIVELENS_MIRROR", "")
-    assert mirror, "set EMOTIVELENS_MIRROR to the data mirror folder"
-    with tarfile.open(Path(mirror) / "fddb-folds" / "FDDB-folds.tar") as archive:
-        archive.extractall(tmp_path, filter="data")
-    folds = tmp_path / "FDDB-folds"
+def test_fddb_reader_face_count_too_high(tmp_path):
+    # img_a declares 2 faces but has 1: the error is on the count, and img_b is still read.
+    (tmp_path / "FDDB-fold-01.txt").write_text("img_a\nimg_b\n")
+    (tmp_path / "FDDB-fold-01-ellipseList.txt").write_text("img_a\n2\n20 10 0 50 40 1\nimg_b\n1\n20 10 0 50 40 1\n")
+    write_image(tmp_path / "img_a.jpg")
+    write_image(tmp_path / "img_b.jpg")
+
+    dataset = importers.read_fddb(tmp_path, tmp_path)
+
+    assert cases(dataset) == [(importers.MALFORMED, "FDDB-fold-01-ellipseList.txt line 2", "error")]
+    assert dataset.problems[0].message == "img_a declares 2 faces but has 1: line 4 is the image line 'img_b'"
+    assert [(image.key, len(image.faces)) for image in dataset.images] == [("img_a.jpg", 1), ("img_b.jpg", 1)]
+
+
+def test_fddb_reader_face_count_past_end_of_file(tmp_path):
+    write_fddb_fold(tmp_path, 1, [("img_a", ["20 10 0 50 40 1"])])
+    (tmp_path / "FDDB-fold-01-ellipseList.txt").write_text("img_a\n3\n20 10 0 50 40 1\n")
+    write_image(tmp_path / "img_a.jpg")
+
+    dataset = importers.read_fddb(tmp_path, tmp_path)
+
+    assert dataset.problems[0].message == "img_a declares 3 faces but has 1: line 4 is the end of the file"
+
+
+def test_fddb_real_fold_files(fddb_folds, tmp_path):
     images = tmp_path / "images"
     # The fold files give no image sizes. Each stand-in image is just large enough to contain
     # all of its ellipses' boxes, so no face is clipped.
-    for _, _, ellipse_path in importers.fddb_fold_files(folds):
+    for _, _, ellipse_path in importers.fddb_fold_files(fddb_folds):
         for name, _, boxes in importers._read_ellipse_list(ellipse_path, importers.ProblemLog()):
             width = max([1] + [math.ceil(raw.box[2]) for raw in boxes])
             height = max([1] + [math.ceil(raw.box[3]) for raw in boxes])
@@ -490,7 +547,7 @@ def test_fddb_real_fold_files(tmp_path):
             path.parent.mkdir(parents=True, exist_ok=True)
             Image.new("L", (width, height)).save(path, format="JPEG", quality=10)
 
-    dataset = importers.read_fddb(folds, images)
+    dataset = importers.read_fddb(fddb_folds, images)
 
     assert dataset.errors() == []
     assert {problem.case for problem in dataset.problems} <= {importers.PARTLY_OUTSIDE, importers.NOT_RGB}

@@ -3,20 +3,24 @@
 The fast tests run the convert, split and download stages in-process. The integration tests
 run the smoke profile through DVC (``dvc repro evaluate_detector``) in a copy of the project.
 One runs on a small keras-retinanet CSV dataset written here. The other runs on the real FDDB
-fold files from the mirror named by EMOTIVELENS_MIRROR (``fddb-folds/FDDB-folds.tar``), reduced
-to a few images per fold. FDDB distributes its images apart from the annotations, so the tests
+fold files, reduced to a few images per fold: from the mirror named by EMOTIVELENS_MIRROR
+(``fddb-folds/FDDB-folds.tar``) when it is set, otherwise from the official FDDB archive. FDDB distributes its images apart from the annotations, so the tests
 draw images of the sizes that the ellipses need.
 """
 
 from __future__ import annotations
 
 import csv
+import functools
+import http.server
 import json
 import math
 import os
 import shutil
 import subprocess
 import sys
+import tarfile
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +30,7 @@ import yaml
 from PIL import Image, ImageDraw
 
 from stages import convert, download, split
-from stages.download import extract_archive, locate_mirror_archive, verify_checksum
+from stages.errors import ChecksumError
 from stages.importers import ellipse_box
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -233,16 +237,45 @@ def test_download_skips_other_formats(tmp_path, caplog):
 # --- FDDB ------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def fddb_folds(tmp_path_factory) -> Path:
-    """Return the folder of the real FDDB fold files, checked against the mirror's SHA256SUMS."""
-    mirror = os.environ.get(download.MIRROR_ENV)
-    assert mirror, f"set {download.MIRROR_ENV} to the data mirror, which has fddb-folds/FDDB-folds.tar"
-    archive, expected, checksums = locate_mirror_archive(Path(mirror), "fddb-folds", "FDDB-folds.tar")
-    verify_checksum(archive, "sha256", expected, str(checksums))
-    target = tmp_path_factory.mktemp("fddb")
-    extract_archive(archive, target)
-    return target / "FDDB-folds"
+@pytest.fixture
+def served_folder(tmp_path):
+    """Serve a folder of this test over HTTP on the loopback address; yield (folder, base URL)."""
+    folder = tmp_path / "served"
+    folder.mkdir()
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield folder, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def pack_folds(folds_dir: Path, archive: Path) -> None:
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(folds_dir, arcname="FDDB-folds")
+
+
+def test_fddb_folds_download_without_mirror(fddb_folds, fetch_fddb_folds, served_folder, tmp_path):
+    folder, base_url = served_folder
+    pack_folds(fddb_folds, folder / "FDDB-folds.tgz")
+    target = tmp_path / "fetched"
+    target.mkdir()
+    folds_dir = fetch_fddb_folds(None, target, f"{base_url}/FDDB-folds.tgz")
+    assert sorted(path.name for path in folds_dir.iterdir()) == sorted(path.name for path in fddb_folds.iterdir())
+
+
+def test_fddb_folds_with_a_changed_file_are_refused(fddb_folds, fetch_fddb_folds, served_folder, tmp_path):
+    folder, base_url = served_folder
+    changed = tmp_path / "changed" / "FDDB-folds"
+    shutil.copytree(fddb_folds, changed)
+    with (changed / "FDDB-fold-03.txt").open("a") as handle:
+        handle.write("2002/08/11/big/img_591\n")
+    pack_folds(changed, folder / "FDDB-folds.tgz")
+    target = tmp_path / "fetched"
+    target.mkdir()
+    with pytest.raises(ChecksumError, match="FDDB-fold-03.txt: sha256 is"):
+        fetch_fddb_folds(None, target, f"{base_url}/FDDB-folds.tgz")
 
 
 def read_ellipse_entries(path: Path) -> list[tuple[str, list[str]]]:

@@ -107,6 +107,36 @@ def test_validate_fddb_needs_images(tmp_path, capsys):
     assert "FDDB fold files need --images" in capsys.readouterr().err
 
 
+def test_validate_checks_the_groups_file(tmp_path, capsys):
+    annotations = write_dataset(tmp_path, GOOD_ROWS)
+    groups = tmp_path / "groups.csv"
+    groups.write_text("image,group\na.jpg,anna\ngray.jpg,anna\nalpha.png,ben\nempty.jpg,ben\n")
+
+    status, out = run_validate(capsys, "--format", "csv", str(annotations), "--groups", str(groups))
+
+    assert status == 0
+    assert f"{groups}: 4 images in 2 groups" in out
+
+
+def test_validate_groups_file_missing_an_image_exit_one(tmp_path, capsys):
+    annotations = write_dataset(tmp_path, GOOD_ROWS)
+    groups = tmp_path / "groups.csv"
+    groups.write_text("image,group\na.jpg,anna\ngray.jpg,anna\nalpha.png,ben\n")
+
+    status, out = run_validate(capsys, "--format", "csv", str(annotations), "--groups", str(groups))
+
+    assert status == 1
+    assert f"error: {groups}: no group for 1 of 4 images (for example 'empty.jpg')" in out
+
+
+def test_validate_groups_refused_for_fddb(tmp_path, capsys):
+    status = app.main(["validate", "--format", "fddb", str(tmp_path), "--images", str(tmp_path),
+                       "--groups", str(tmp_path / "groups.csv")])
+
+    assert status == 1
+    assert "the fddb format has a fixed grouping" in capsys.readouterr().err
+
+
 def test_validate_voc_folder(tmp_path, capsys):
     write_image(tmp_path / "images" / "a.jpg")
     (tmp_path / "xml").mkdir()
