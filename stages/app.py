@@ -317,7 +317,7 @@ def run_validate(args: argparse.Namespace) -> int:
     --strict, on drops.
     """
     from stages.convert import read_dataset
-    from stages.importers import DROPPED, ERROR
+    from stages.importers import DROPPED, ERROR, no_image_left
 
     if args.groups is not None and args.data_format in ("caltech", "fddb"):
         raise DataError(f"--groups {args.groups}: the {args.data_format} format has a fixed grouping; "
@@ -338,8 +338,7 @@ def run_validate(args: argparse.Namespace) -> int:
     print(f"\nwould write {len(dataset.images)} of {len(dataset.listed)} images, {faces} faces, "
           f"{background} images without faces; {errors} errors, {dropped} dropped")
     if not dataset.images:
-        print(f"error: no image would be written: none of the {len(dataset.listed)} annotated images is "
-              "present and readable, so the convert stage would stop")
+        print(f"error: no image would be written, so the convert stage would stop: {no_image_left(dataset)}")
         return 1
     if args.groups is not None and not check_groups(dataset, args.data_format, args.groups):
         return 1

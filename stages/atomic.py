@@ -86,7 +86,11 @@ def replace_path(new: Path, target: Path) -> None:
         os.rename(aside, target)
         raise
     if aside.is_dir() and not aside.is_symlink():
-        shutil.rmtree(aside)
+        # Renamed to a staging name first: a kill during rmtree then leaves a part-deleted folder that
+        # remove_leftovers deletes, never one that it would move back as the last good output.
+        doomed = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.tmp")
+        os.rename(aside, doomed)
+        shutil.rmtree(doomed)
     else:
         aside.unlink()
 

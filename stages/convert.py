@@ -222,7 +222,7 @@ def convert(dataset: Dataset, out_csv: Path, max_images: int | None) -> tuple[st
     importers.log_problems(dataset.problems)
     importers.raise_on_errors(dataset)
     if not dataset.images:
-        raise DataError(f"none of the {len(dataset.listed)} annotated images is present and readable")
+        raise DataError(importers.no_image_left(dataset))
     used = select_images(dataset, max_images)
     annotations_csv = importers.format_annotations_csv(used, out_csv.parent)
     return annotations_csv, importers.format_classes_csv(dataset.classes), summarize(dataset, used)

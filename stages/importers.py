@@ -34,6 +34,7 @@ background row ``path,,,,,``               (none)    kept as an image without fa
 background row of an image with faces      fixed     the row is ignored, the image keeps its faces
 class name with stray spaces or other case fixed     replaced by the name in the class mapping
 unknown class name                         error     the name matches no mapping entry
+VOC <name> empty or only spaces            error     the object's class is unknown
 VOC object of a class not in the mapping   dropped   with a class CSV, objects of other classes (person,
                                                      car, ...) are left out; an image with no face left
                                                      is dropped as below
@@ -60,6 +61,7 @@ empty annotation CSV                       error     nothing to convert
 file that is not UTF-8 text                error     the line of the first invalid byte is named
 FDDB angle outside [-pi/2, pi/2]           error     probably degrees, as FDDB uses radians
 FDDB image listed twice                    error     in one fold or in two folds
+FDDB face count unlike its face lines      error     reading goes on at the next image line
 VOC <object> not directly in <annotation>  error     wrong nesting
 VOC file with several <size> elements      error     the image size is ambiguous
 VOC file with a DTD or entities            error     defusedxml rejects them (no entity expansion)
@@ -506,7 +508,9 @@ def resolve_image_path(text: str, root: Path, where: str, log: ProblemLog) -> tu
         text = fixed
     path = Path(text)
     if path.is_absolute():
-        return path.as_posix(), path
+        # normpath, so that /data/x/../a.jpg and /data/a.jpg are one image, as relative paths are.
+        normalized = Path(os.path.normpath(text))
+        return normalized.as_posix(), normalized
     return Path(os.path.normpath(text)).as_posix(), root / path
 
 
@@ -669,16 +673,20 @@ def _read_voc_file(xml_path: Path, root, images_dir: Path, classes: dict[str, in
     for index, obj in enumerate(root.iter("object"), start=1):
         where = f"{xml_path} object {index}"
         name = _xml_text(obj, "name", where, log)
+        if name == "":
+            log.add(MALFORMED, where, "<name> empty", ERROR, "every object needs a class name")
+            continue
+        if name is not None and skip_other_classes and name.casefold() not in {known.casefold() for known in classes}:
+            # Checked before the box, which is never used.
+            log.add(OTHER_CLASS, where, repr(name), DROPPED, f"left out: the class mapping lists {', '.join(classes)}")
+            image.other_objects += 1
+            continue
         box = obj.find("bndbox")
         if box is None:
             log.add(MALFORMED, where, "<bndbox> missing", ERROR, "expected <bndbox> with xmin, ymin, xmax, ymax")
             continue
         texts = [_xml_text(box, tag, where, log) for tag in ("xmin", "ymin", "xmax", "ymax")]
         if name is None or any(text is None for text in texts):
-            continue
-        if skip_other_classes and name.strip().casefold() not in {known.casefold() for known in classes}:
-            log.add(OTHER_CLASS, where, repr(name), DROPPED, f"left out: the class mapping lists {', '.join(classes)}")
-            image.other_objects += 1
             continue
         values = [parse_coordinate(text, tag, where, log) for text, tag in zip(texts, ("xmin", "ymin", "xmax", "ymax"))]
         class_name = match_class(name, classes, where, log)
@@ -733,24 +741,39 @@ def read_fddb(folds_dir: Path, images_dir: Path) -> Dataset:
 
 
 def _read_ellipse_list(path: Path, log: ProblemLog) -> list[tuple[str, str, list[RawBox]]]:
+    """Return (image name, where, boxes) per entry of an FDDB ellipse list, recording malformed lines.
+
+    A face count that disagrees with the face lines is one error naming the image, and reading
+    goes on at the next image line, so the images after it are still checked.
+    """
     lines = read_utf8(path).splitlines()
-    entries = []
+    entries: list[tuple[str, str, list[RawBox]]] = []
     index = 0
     while index < len(lines):
         name = lines[index].strip()
         where = f"{path} line {index + 1}"
-        index += 1
         if not name:
+            index += 1
             continue
+        if not _is_image_line(name):
+            owner = f"{entries[-1][0]} has more face lines than its face count" if entries else "no image path before it"
+            log.add(MALFORMED, where, repr(name), ERROR, f"a face line where an image path was expected: {owner}")
+            index = _next_image_line(lines, index)
+            continue
+        index += 1
         count_text = lines[index].strip() if index < len(lines) else ""
-        if not count_text.isdigit():
+        if not (count_text.isascii() and count_text.isdigit()):
             log.add(MALFORMED, f"{path} line {index + 1}", repr(count_text), ERROR,
                     f"expected the number of faces of {name}")
-            return entries
+            entries.append((name, where, []))
+            index = _next_image_line(lines, index)
+            continue
         count_where = f"{path} line {index + 1}"
         index += 1
         boxes = []
         for face_number in range(int(count_text)):
+            while index < len(lines) and not lines[index].strip():
+                index += 1
             if index >= len(lines) or _is_image_line(lines[index]):
                 found = "the end of the file" if index >= len(lines) else f"the image line {lines[index].strip()!r}"
                 log.add(MALFORMED, count_where, f"{count_text} faces", ERROR,
@@ -779,16 +802,32 @@ def _read_ellipse_list(path: Path, log: ProblemLog) -> list[tuple[str, str, list
     return entries
 
 
+def _next_image_line(lines: Sequence[str], index: int) -> int:
+    # The index of the first image line at or after ``index``, or len(lines).
+    while index < len(lines) and not _is_image_line(lines[index]):
+        index += 1
+    return index
+
+
 def _is_image_line(line: str) -> bool:
-    # An image path such as 2002/08/11/big/img_591: one field that is not a number. Blank lines count too.
+    # An image path such as 2002/08/11/big/img_591: one field that is not a number.
     fields = line.split()
     if len(fields) != 1:
-        return not fields
+        return False
     try:
         float(fields[0])
     except ValueError:
         return True
     return False
+
+
+def no_image_left(dataset: Dataset) -> str:
+    """Say why ``dataset`` kept none of its annotated images, by cause: missing, unreadable or no face left."""
+    causes = Counter(problem.case for problem in dataset.problems
+                     if problem.action == DROPPED and problem.case in (MISSING_IMAGE, UNREADABLE_IMAGE, NO_FACE_LEFT))
+    parts = [f"{causes[MISSING_IMAGE]} not found", f"{causes[UNREADABLE_IMAGE]} not readable",
+             f"{causes[NO_FACE_LEFT]} with every box left out"]
+    return f"none of the {len(dataset.listed)} annotated images is kept: " + ", ".join(parts)
 
 
 # --- reporting and writing ---------------------------------------------------------------

@@ -57,7 +57,7 @@ from tqdm import tqdm
 from stages.atomic import atomic_directory
 from stages.cli import run_stage
 from stages.errors import DataError
-from stages.importers import ImageEntry
+from stages.importers import ImageEntry, read_utf8
 from stages.params import add_params_arguments, load_params
 
 logger = logging.getLogger(__name__)
@@ -435,11 +435,13 @@ def describe_folds(persons: Sequence[int], folds: Sequence[int]) -> list[str]:
 
 
 def _read_text(path: Path) -> str:
-    # utf-8-sig drops a byte order mark, which would otherwise become part of the first path or header.
+    # read_utf8 drops a byte order mark, which would otherwise become part of the first path or header.
     try:
-        return path.read_text(encoding="utf-8-sig")
+        return read_utf8(path)
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
+    except OSError as error:
+        raise DataError(f"{path}: cannot read the file: {error.strerror or error}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:

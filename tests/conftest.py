@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import csv
 import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
 
 from stages.download import (MIRROR_ENV, download_file, extract_archive, fetch_and_extract, locate_mirror_archive,
@@ -157,3 +161,34 @@ def fddb_folds(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def fetch_fddb_folds() -> Callable[..., Path]:
     """Return the function behind ``fddb_folds``: (mirror or None, target folder[, url]) -> folder."""
     return _fetch_fddb_folds
+
+
+# What a copy of the project needs to run the pipeline: code, rules, parameters and DVC files.
+PROJECT_ENTRIES = ("stages", "workflow", "params.yaml", "dvc.yaml", ".dvcignore")
+
+
+def _copy_project(destination: Path, edit_params: Callable[[dict], None]) -> Path:
+    """Copy the project's pipeline to ``destination``, a new folder, as a git and DVC project.
+
+    ``edit_params`` changes the params.yaml mapping in place before the copy's params.yaml is written.
+    """
+    destination.mkdir()
+    for entry in PROJECT_ENTRIES:
+        source = PROJECT_ROOT / entry
+        if source.is_dir():
+            shutil.copytree(source, destination / entry, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(source, destination / entry)
+    params = yaml.safe_load((destination / "params.yaml").read_text())
+    edit_params(params)
+    (destination / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    for command in (["git", "init", "-q"], [sys.executable, "-m", "dvc", "init", "-q"],
+                    [sys.executable, "-m", "dvc", "config", "core.analytics", "false"]):
+        subprocess.run(command, cwd=destination, check=True, capture_output=True, timeout=120)
+    return destination
+
+
+@pytest.fixture(scope="session")
+def copy_project() -> Callable[[Path, Callable[[dict], None]], Path]:
+    """Return the function that copies the project's pipeline into a new git and DVC project."""
+    return _copy_project

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
+from pathlib import Path
 
 import pytest
 
@@ -88,3 +90,17 @@ def test_replace_path_failed_move_restores_target(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         replace_path(new, target)
     assert (target / "fold1.h5").read_text() == "good"
+
+
+def test_replaced_folder_is_deleted_under_a_staging_name(tmp_path, monkeypatch):
+    # A kill during the removal of the old folder must not leave it under the name that
+    # remove_leftovers moves back.
+    target = tmp_path / "splits"
+    with atomic_directory(target) as staging:
+        (staging / "fold0.csv").write_text("old")
+    removed = []
+    monkeypatch.setattr("stages.atomic.shutil.rmtree", lambda path, **_: removed.append(Path(path).name))
+    with atomic_directory(target) as staging:
+        (staging / "fold0.csv").write_text("new")
+    assert len(removed) == 1
+    assert re.fullmatch(r"\.splits\.[0-9a-f]{8}\.tmp", removed[0])

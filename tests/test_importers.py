@@ -215,6 +215,17 @@ def test_csv_reader_background_row_of_an_image_with_faces_is_reported(tmp_path):
         (importers.BACKGROUND_WITH_FACES, "annotations.csv line 1", importers.FIXED)]
 
 
+def test_csv_reader_absolute_paths_with_dot_dot_are_one_image(tmp_path):
+    write_image(tmp_path / "images" / "a.jpg")
+    (tmp_path / "other").mkdir()
+    annotations = write_csv_dataset(tmp_path, [f"{tmp_path}/other/../images/a.jpg,1,2,30,40,face",
+                                               f"{tmp_path}/images/a.jpg,50,10,90,70,face"])
+
+    dataset = importers.read_csv(annotations)
+
+    assert [(image.key, len(image.faces)) for image in dataset.images] == [(f"{tmp_path}/images/a.jpg", 2)]
+
+
 def test_csv_reader_paths_relative_to_csv_folder(tmp_path, monkeypatch):
     write_image(tmp_path / "dataset" / "a.jpg")
     # An image of the same name in the working folder must not be picked up.
@@ -453,6 +464,35 @@ def test_voc_reader_leaves_out_other_classes_with_a_class_csv(tmp_path):
                               (importers.NO_FACE_LEFT, "street.xml", "dropped")]
 
 
+def test_voc_reader_other_class_with_broken_box_is_left_out(tmp_path):
+    # The box of a class that is left out is never used, so it is not checked either.
+    write_image(tmp_path / "a.jpg")
+    (tmp_path / "a.xml").write_text(
+        "<annotation><filename>a.jpg</filename>"
+        f"<size><width>{WIDTH}</width><height>{HEIGHT}</height></size>"
+        "<object><name>person</name></object>"
+        "<object><name>face</name><bndbox><xmin>11</xmin><ymin>21</ymin><xmax>30</xmax><ymax>40</ymax></bndbox></object>"
+        "</annotation>")
+    (tmp_path / "classes.csv").write_text("face,0\n")
+
+    dataset = importers.read_voc(tmp_path, classes_csv=tmp_path / "classes.csv")
+
+    assert cases(dataset) == [(importers.OTHER_CLASS, "a.xml object 1", "dropped")]
+    assert len(dataset.images[0].faces) == 1
+
+
+@pytest.mark.parametrize("classes", [None, "face,0\n"])
+def test_voc_reader_empty_class_name_error(tmp_path, classes):
+    write_image(tmp_path / "a.jpg")
+    write_voc(tmp_path / "a.xml", "a.jpg", (WIDTH, HEIGHT), [("  ", "1", "1", "10", "10"), ("face", "21", "1", "40", "10")])
+    if classes:
+        (tmp_path / "classes.csv").write_text(classes)
+
+    dataset = importers.read_voc(tmp_path, classes_csv=tmp_path / "classes.csv" if classes else None)
+
+    assert cases(dataset) == [(importers.MALFORMED, "a.xml object 1", "error")]
+
+
 def test_voc_reader_several_classes_without_class_csv_error(tmp_path):
     write_image(tmp_path / "a.jpg")
     write_voc(tmp_path / "a.xml", "a.jpg", (WIDTH, HEIGHT),
@@ -533,6 +573,46 @@ def test_fddb_reader_face_count_past_end_of_file(tmp_path):
     dataset = importers.read_fddb(tmp_path, tmp_path)
 
     assert dataset.problems[0].message == "img_a declares 3 faces but has 1: line 4 is the end of the file"
+
+
+def test_fddb_reader_face_count_too_low_names_the_extra_face_line(tmp_path):
+    # img_a declares 1 face but has 2: the extra face line is the error, and img_b is still read.
+    (tmp_path / "FDDB-fold-01.txt").write_text("img_a\nimg_b\n")
+    (tmp_path / "FDDB-fold-01-ellipseList.txt").write_text(
+        "img_a\n1\n20 10 0 50 40 1\n10 10 0 20 20 1\nimg_b\n1\n20 10 0 50 40 1\n")
+    write_image(tmp_path / "img_a.jpg")
+    write_image(tmp_path / "img_b.jpg")
+
+    dataset = importers.read_fddb(tmp_path, tmp_path)
+
+    assert cases(dataset) == [(importers.MALFORMED, "FDDB-fold-01-ellipseList.txt line 4", "error")]
+    assert dataset.problems[0].message == (
+        "a face line where an image path was expected: img_a has more face lines than its face count")
+    assert [(image.key, len(image.faces)) for image in dataset.images] == [("img_a.jpg", 1), ("img_b.jpg", 1)]
+
+
+def test_fddb_reader_missing_count_line_reads_on(tmp_path):
+    (tmp_path / "FDDB-fold-01.txt").write_text("img_a\nimg_b\n")
+    (tmp_path / "FDDB-fold-01-ellipseList.txt").write_text("img_a\n20 10 0 50 40 1\nimg_b\n1\n20 10 0 50 40 1\n")
+    write_image(tmp_path / "img_a.jpg")
+    write_image(tmp_path / "img_b.jpg")
+
+    dataset = importers.read_fddb(tmp_path, tmp_path)
+
+    assert cases(dataset) == [(importers.MALFORMED, "FDDB-fold-01-ellipseList.txt line 2", "error")]
+    assert dataset.problems[0].message == "expected the number of faces of img_a"
+    assert [image.key for image in dataset.images if image.faces] == ["img_b.jpg"]
+
+
+def test_fddb_reader_blank_line_between_faces_skipped(tmp_path):
+    (tmp_path / "FDDB-fold-01.txt").write_text("img_a\n")
+    (tmp_path / "FDDB-fold-01-ellipseList.txt").write_text("img_a\n2\n20 10 0 50 40 1\n\n10 10 0 20 20 1\n")
+    write_image(tmp_path / "img_a.jpg")
+
+    dataset = importers.read_fddb(tmp_path, tmp_path)
+
+    assert dataset.errors() == []
+    assert len(dataset.images[0].faces) == 2
 
 
 def test_fddb_real_fold_files(fddb_folds, tmp_path):

@@ -8,16 +8,14 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Callable
 
 import pytest
-import yaml
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-PROJECT_ENTRIES = ("stages", "workflow", "params.yaml", "dvc.yaml", ".dvcignore")
 TIMEOUT_S = 900
 SMOKE_GAMMAS = (0, 2)
 SMOKE_ALPHA = 0.25
@@ -35,36 +33,28 @@ def run(command: list[str], cwd: Path) -> subprocess.CompletedProcess:
     return result
 
 
-def copy_project(destination: Path, profile: str) -> Path:
-    destination.mkdir()
-    for entry in PROJECT_ENTRIES:
-        source = PROJECT_ROOT / entry
-        if source.is_dir():
-            shutil.copytree(source, destination / entry, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy2(source, destination / entry)
-    params = yaml.safe_load((destination / "params.yaml").read_text())
-    params["profile"] = profile
-    # Two focal settings stand for the grid: the matrix of dvc.yaml reads it from params.yaml.
-    params["focal_sweep"].update(gammas=list(SMOKE_GAMMAS), alphas=[SMOKE_ALPHA])
-    (destination / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    run(["git", "init", "-q"], destination)
-    run([sys.executable, "-m", "dvc", "init", "-q"], destination)
-    run([sys.executable, "-m", "dvc", "config", "core.analytics", "false"], destination)
-    return destination
+def smoke_params(profile: str) -> Callable[[dict], None]:
+    """Return a params.yaml edit that sets ``profile`` and two focal settings for the grid."""
+
+    def edit(params: dict) -> None:
+        params["profile"] = profile
+        # Two focal settings stand for the grid: the matrix of dvc.yaml reads it from params.yaml.
+        params["focal_sweep"].update(gammas=list(SMOKE_GAMMAS), alphas=[SMOKE_ALPHA])
+
+    return edit
 
 
 @pytest.fixture(scope="module")
-def dvc_project(tmp_path_factory):
-    project = copy_project(tmp_path_factory.mktemp("dvc") / "project", "smoke")
+def dvc_project(tmp_path_factory, copy_project):
+    project = copy_project(tmp_path_factory.mktemp("dvc") / "project", smoke_params("smoke"))
     first = run([sys.executable, "-m", "dvc", "repro"], project)
     second = run([sys.executable, "-m", "dvc", "repro"], project)
     return project, first, second
 
 
 @pytest.fixture(scope="module")
-def snakemake_project(tmp_path_factory):
-    project = copy_project(tmp_path_factory.mktemp("snakemake") / "project", "default")
+def snakemake_project(tmp_path_factory, copy_project):
+    project = copy_project(tmp_path_factory.mktemp("snakemake") / "project", smoke_params("default"))
     run([sys.executable, "-m", "snakemake", "--cores", "2", "--config", "profile=smoke"], project)
     dry_run = run([sys.executable, "-m", "snakemake", "--dry-run", "--config", "profile=smoke"], project)
     return project, dry_run

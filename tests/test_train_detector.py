@@ -6,6 +6,7 @@ import csv
 import hashlib
 import math
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pytest
@@ -15,29 +16,6 @@ from stages import train_detector
 from stages.errors import ChecksumError
 from stages.params import load_params
 
-IMAGE_SIZE = (128, 96)  # width, height
-
-
-def write_fold(root: Path, images: int = 4) -> Path:
-    """Write ``images`` synthetic pictures with one bright box each, as split folder fold0."""
-    image_dir = root / "images"
-    image_dir.mkdir(parents=True)
-    fold_dir = root / "splits" / "fold0"
-    fold_dir.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    rows = []
-    for index in range(images):
-        pixels = rng.integers(0, 60, size=(IMAGE_SIZE[1], IMAGE_SIZE[0], 3), dtype=np.uint8)
-        x1, y1 = 20 + 5 * index, 15 + 3 * index
-        x2, y2 = x1 + 50, y1 + 60
-        pixels[y1:y2, x1:x2] = 220
-        name = f"image_{index:04d}.jpg"
-        Image.fromarray(pixels).save(image_dir / name)
-        rows.append([f"../../images/{name}", x1, y1, x2, y2, "face"])
-    with (fold_dir / "train.csv").open("w", newline="") as handle:
-        csv.writer(handle).writerows(rows)
-    (root / "classes.csv").write_text("face,0\n")
-    return root / "splits"
 
 
 def tiny_detector_params(**overrides) -> dict:
@@ -49,7 +27,7 @@ def tiny_detector_params(**overrides) -> dict:
     return params
 
 
-def run_training(tmp_path: Path, params: dict) -> Path:
+def run_training(tmp_path: Path, params: dict, write_fold: Callable[..., Path]) -> Path:
     splits = tmp_path / "splits" if (tmp_path / "splits").exists() else write_fold(tmp_path)
     folds = train_detector.find_folds(splits)
     train_detector.train_all(folds, tmp_path / "classes.csv", params, None, tmp_path / "checkpoints",
@@ -62,8 +40,8 @@ def read_rows(path: Path) -> list[dict]:
         return list(csv.DictReader(handle))
 
 
-def test_one_step_training_writes_model_and_curves(tmp_path):
-    run_training(tmp_path, tiny_detector_params())
+def test_one_step_training_writes_model_and_curves(tmp_path, write_training_fold):
+    run_training(tmp_path, tiny_detector_params(), write_training_fold)
 
     model_dir = tmp_path / "models" / "fold0"
     assert (model_dir / "weights.h5").is_file()
@@ -75,10 +53,10 @@ def test_one_step_training_writes_model_and_curves(tmp_path):
     assert [row["epoch"] for row in epochs] == ["1"]
 
 
-def test_trained_model_predicts_boxes_in_image_pixels(tmp_path):
+def test_trained_model_predicts_boxes_in_image_pixels(tmp_path, write_training_fold):
     from stages import detector
 
-    run_training(tmp_path, tiny_detector_params())
+    run_training(tmp_path, tiny_detector_params(), write_training_fold)
     model = detector.load_prediction_model(tmp_path / "models" / "fold0", max_detections=5, score_threshold=0.0)
     image = detector.read_image_bgr(tmp_path / "images" / "image_0000.jpg")
     boxes, scores = detector.predict_image(model, image)
@@ -88,7 +66,7 @@ def test_trained_model_predicts_boxes_in_image_pixels(tmp_path):
     assert np.all(np.diff(scores) <= 0)
 
 
-def test_interrupted_training_resumes_from_checkpoint(tmp_path, monkeypatch, caplog):
+def test_interrupted_training_resumes_from_checkpoint(tmp_path, monkeypatch, caplog, write_training_fold):
     from stages import detector_training
 
     params = tiny_detector_params(epochs=2)
@@ -100,12 +78,12 @@ def test_interrupted_training_resumes_from_checkpoint(tmp_path, monkeypatch, cap
 
     monkeypatch.setattr(detector_training.TrainingMonitor, "on_epoch_end", stop_after_first_epoch)
     with pytest.raises(KeyboardInterrupt):
-        run_training(tmp_path, params)
+        run_training(tmp_path, params, write_training_fold)
     assert not (tmp_path / "models").exists()
 
     monkeypatch.setattr(detector_training.TrainingMonitor, "on_epoch_end", original)
     with caplog.at_level("INFO"):
-        run_training(tmp_path, params)
+        run_training(tmp_path, params, write_training_fold)
 
     assert "resuming after epoch 1" in caplog.text
     epochs = read_rows(tmp_path / "curves" / "fold0-epochs.csv")
@@ -114,15 +92,15 @@ def test_interrupted_training_resumes_from_checkpoint(tmp_path, monkeypatch, cap
     assert [row["global_step"] for row in steps] == ["1", "2"]
 
 
-def test_finished_fold_is_reused_not_retrained(tmp_path, caplog):
+def test_finished_fold_is_reused_not_retrained(tmp_path, caplog, write_training_fold):
     params = tiny_detector_params()
-    run_training(tmp_path, params)
+    run_training(tmp_path, params, write_training_fold)
     with caplog.at_level("INFO"):
-        run_training(tmp_path, params)
+        run_training(tmp_path, params, write_training_fold)
     assert "reusing the finished model" in caplog.text
 
 
-def test_non_finite_loss_stops_with_loss_parts(tmp_path, monkeypatch):
+def test_non_finite_loss_stops_with_loss_parts(tmp_path, monkeypatch, write_training_fold):
     import tensorflow as tf
 
     from stages import detector
@@ -136,7 +114,7 @@ def test_non_finite_loss_stops_with_loss_parts(tmp_path, monkeypatch):
 
     monkeypatch.setattr(detector, "compile_training_model", compile_with_nan_loss)
     with pytest.raises(train_detector.TrainingError, match=r"non-finite loss at epoch 1, step 1: loss nan"):
-        run_training(tmp_path, tiny_detector_params())
+        run_training(tmp_path, tiny_detector_params(), write_training_fold)
     assert not (tmp_path / "models").exists()
 
 
@@ -193,11 +171,11 @@ def test_paper_profile_builds_resnet50_retinanet():
     assert [output.name.split("/")[0] for output in model.outputs] == ["regression", "classification"]
 
 
-def test_same_seed_gives_same_augmented_batches(tmp_path):
+def test_same_seed_gives_same_augmented_batches(tmp_path, write_training_fold):
     from stages import detector
     from stages.detector_training import make_generator
 
-    splits = write_fold(tmp_path, images=4)
+    splits = write_training_fold(tmp_path, images=4)
     params = tiny_detector_params()
     model = detector.build_training_model(params, pretrained=False)
 
@@ -211,8 +189,8 @@ def test_same_seed_gives_same_augmented_batches(tmp_path):
     np.testing.assert_array_equal(batches[0], batches[1])
 
 
-def test_missing_class_mapping_is_named_before_training(tmp_path, capsys):
-    splits = write_fold(tmp_path)
+def test_missing_class_mapping_is_named_before_training(tmp_path, capsys, write_training_fold):
+    splits = write_training_fold(tmp_path)
     missing = tmp_path / "no-such-classes.csv"
     argv = ["--splits", str(splits), "--classes", str(missing), "--out", str(tmp_path / "models"),
             "--curves", str(tmp_path / "curves"), "--checkpoints", str(tmp_path / "checkpoints")]
@@ -221,8 +199,8 @@ def test_missing_class_mapping_is_named_before_training(tmp_path, capsys):
     assert not (tmp_path / "checkpoints").exists()
 
 
-def test_run_key_changes_with_image_bytes(tmp_path):
-    splits = write_fold(tmp_path)
+def test_run_key_changes_with_image_bytes(tmp_path, write_training_fold):
+    splits = write_training_fold(tmp_path)
     fold = train_detector.find_folds(splits)[0]
     params = tiny_detector_params()
     classes = tmp_path / "classes.csv"
@@ -237,8 +215,8 @@ def test_run_key_changes_with_image_bytes(tmp_path):
     assert train_detector.run_key(params, fold, classes, None) != before
 
 
-def test_run_key_names_missing_image(tmp_path):
-    splits = write_fold(tmp_path)
+def test_run_key_names_missing_image(tmp_path, write_training_fold):
+    splits = write_training_fold(tmp_path)
     fold = train_detector.find_folds(splits)[0]
     (tmp_path / "images" / "image_0002.jpg").unlink()
     with pytest.raises(train_detector.TrainingError, match=r"train\.csv: image '\.\./\.\./images/image_0002\.jpg' not found"):

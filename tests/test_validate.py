@@ -97,7 +97,19 @@ def test_validate_no_image_left_exit_one(tmp_path, capsys):
     assert status == 1
     assert "would write 0 of 2 images" in out
     assert "no image would be written" in out
-    assert "none of the 2 annotated images is present and readable" in out
+    assert "none of the 2 annotated images is kept: 2 not found, 0 not readable, 0 with every box left out" in out
+
+
+def test_validate_no_image_left_names_dropped_boxes(tmp_path, capsys):
+    # The image exists and decodes; its only box lies outside it.
+    write_image(tmp_path / "a.jpg")
+    (tmp_path / "classes.csv").write_text("face,0\n")
+    (tmp_path / "annotations.csv").write_text(f"a.jpg,{WIDTH + 10},1,{WIDTH + 40},30,face\n")
+
+    status, out = run_validate(capsys, "--format", "csv", str(tmp_path / "annotations.csv"))
+
+    assert status == 1
+    assert "none of the 1 annotated images is kept: 0 not found, 0 not readable, 1 with every box left out" in out
 
 
 def test_validate_fddb_needs_images(tmp_path, capsys):
@@ -127,6 +139,23 @@ def test_validate_groups_file_missing_an_image_exit_one(tmp_path, capsys):
 
     assert status == 1
     assert f"error: {groups}: no group for 1 of 4 images (for example 'empty.jpg')" in out
+
+
+@pytest.mark.parametrize("kind", ["latin-1", "folder"])
+def test_validate_unreadable_groups_file_is_named(tmp_path, capsys, kind):
+    annotations = write_dataset(tmp_path, GOOD_ROWS)
+    groups = tmp_path / "groups.csv"
+    if kind == "folder":
+        groups.mkdir()
+        expected = f"error: {groups}: cannot read the file: Is a directory"
+    else:
+        groups.write_bytes("image,group\na.jpg,Jos\xe9\n".encode("latin-1"))
+        expected = f"error: {groups} line 2: byte 0xe9 is not valid UTF-8"
+
+    status, out = run_validate(capsys, "--format", "csv", str(annotations), "--groups", str(groups))
+
+    assert status == 1
+    assert expected in out
 
 
 def test_validate_groups_refused_for_fddb(tmp_path, capsys):
