@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
 
 from stages import report
@@ -164,6 +165,12 @@ def test_main_writes_pdf(built_report: tuple[bytes, str]) -> None:
     "box_width.mean",
     "extra_note",
     "Test persons",
+    "4 persons",
+    "Held-out: the fold's test persons.",
+    "The persons of the images are a third-party labelling",
+    "one person-grouped split of these same images",
+    "0.8797, just under the 0.88 goal",
+    "Goals of the default profile: held-out AP@0.5 of at least 0.99: missed",
     "fold 95% CI",
     "Figure 5:",
     "fedcba9876543210fedcba9876543210.dir",
@@ -427,6 +434,7 @@ def classifier_report(tmp_path_factory: pytest.TempPathFactory) -> str:
     "Figure 10:",
     "EmotiveLens face detection and expression report",
     "GENKI-4K: accuracy 0.912, balanced accuracy 0.902, ROC AUC 0.962",
+    "own face detector (the final Caltech model), with crop margin",
 ])
 def test_classifier_section_contains(classifier_report: str, expected: str) -> None:
     assert expected in classifier_report
@@ -599,6 +607,8 @@ SHIPPED_EPOCHS = load_params(PROJECT_ROOT / "params.yaml", "default")["detector"
     "Figure 6: Held-out AP@0.5, AP@[.5:.95] and mean IoU",
     "Figure 7: Training minus held-out mean IoU",
     "Figure 8:",
+    "on the same 5 person-grouped folds",
+    "more overfitting to the training persons.",
 ])
 def test_focal_sweep_section_contains(focal_sweep_report: str, expected: str) -> None:
     assert expected in focal_sweep_report
@@ -692,3 +702,195 @@ def test_pdf_names_the_configured_dataset(built_report: tuple[bytes, str]) -> No
     params = load_params(PROJECT_ROOT / "params.yaml", "default")
 
     assert f"on Caltech Faces 1999 ({params['dataset']['annotations']}):" in text
+
+
+# --- Datasets other than Caltech Faces 1999 ------------------------------------------
+
+
+# params.yaml dataset blocks of the user-dataset reports, keyed by the grouping they lead to.
+OTHER_DATASETS = {
+    "csv with groups": {"format": "csv", "annotations": "data/own/faces.csv", "images": "data/own",
+                        "classes": None, "groups": "data/own/groups.csv"},
+    "csv without groups": {"format": "csv", "annotations": "data/own/faces.csv", "images": "data/own",
+                           "classes": None, "groups": None},
+    "fddb": {"format": "fddb", "annotations": "data/fddb/FDDB-folds", "images": "data/fddb", "classes": None,
+             "groups": None},
+}
+# Text of the Caltech report that is false for another dataset.
+CALTECH_ONLY_TEXT = ("person", "third-party", "0.8797", "Original study, training", "Goals of the",
+                     "against the original study's", "honest comparison", "reach 1.000 on this data")
+
+
+def write_dataset_params(root: Path, dataset: dict) -> Path:
+    """Write a copy of the project's params.yaml with ``dataset`` as its dataset block."""
+    params = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text(encoding="utf-8"))
+    params["dataset"] = dataset
+    path = root / "params.yaml"
+    path.write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module", params=list(OTHER_DATASETS))
+def other_dataset_report(request: pytest.FixtureRequest,
+                         tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str, str]:
+    """Build a full report for one user dataset and return (case, detector part, whole text).
+
+    The detector part is the text before the classifier section, whose caveats speak of the
+    persons of the smile datasets.
+    """
+    case = request.param
+    root = tmp_path_factory.mktemp("dataset_report")
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        monkeypatch.chdir(root)
+        argv = write_inputs(root) + write_focal_sweep_inputs(root) + write_classifier_inputs(root)
+        argv[argv.index("--params") + 1] = str(write_dataset_params(root, OTHER_DATASETS[case]))
+        assert report.main(argv) == 0
+    strings = pdf_strings((root / "reports/report.pdf").read_bytes())
+    classifier_heading = strings.index("Happy / non-happy classifier")
+    return case, " ".join(strings[:classifier_heading]), " ".join(strings)
+
+
+@pytest.mark.parametrize("caltech_text", CALTECH_ONLY_TEXT)
+def test_user_dataset_omits_caltech_text(other_dataset_report: tuple[str, str, str], caltech_text: str) -> None:
+    _case, detector_part, _text = other_dataset_report
+
+    assert caltech_text.lower() not in detector_part.lower()
+
+
+@pytest.mark.parametrize("expected", [
+    "chosen while developing the pipeline on Caltech Faces 1999 images, not on this dataset",
+    "The original study reported training-set IoU on Caltech Faces 1999 only, so its numbers are not compared",
+    "the original study's training mean (0.943), measured on Caltech Faces 1999, not on this dataset",
+    "reach 1.000 whenever every face is found",
+    "The fold intervals are optimistic",
+])
+def test_user_dataset_report_contains(other_dataset_report: tuple[str, str, str], expected: str) -> None:
+    _case, detector_part, _text = other_dataset_report
+
+    assert expected in detector_part
+
+
+def test_user_dataset_names_final_detector(other_dataset_report: tuple[str, str, str]) -> None:
+    case, _detector_part, text = other_dataset_report
+    dataset = OTHER_DATASETS[case]
+    source = f"{report.DATASET_NAMES[dataset['format']]} ({dataset['annotations']})"
+
+    assert "Caltech model" not in text
+    assert f"own face detector, the final model trained on {source}, with crop margin" in text
+
+
+# Texts that name each dataset's groups: the summary, the split table and its total row, the
+# per-fold metrics, the focal-loss study and its gap figure.
+GROUPING_TEXT = {
+    "csv with groups": [
+        "in which that image's group was held out",
+        "Each group's images (dataset.groups) are all in one fold, so no test group is seen in training.",
+        "Fold Test groups Test images Train images",
+        "all 4 groups 8",
+        "Held-out: the fold's test groups.",
+        "on the same 5 folds grouped by dataset.groups,",
+        "more overfitting to the training groups.",
+    ],
+    "csv without groups": [
+        "in which that image was held out",
+        "No groups file is set (dataset.groups), so every image is its own group, and images that show the same "
+        "face can be in different folds.",
+        "Fold Test images Train images 0 4 4 1 4 4 all 8",
+        "Held-out: the fold's test images.",
+        "on the same 5 folds, for 6 epochs",
+        "more overfitting to the training images.",
+        "every image is its own group: images that show the same face or scene",
+    ],
+    "fddb": [
+        "in which that image's FDDB fold was held out",
+        "Each fold holds out one FDDB fold, so no test image is seen in training.",
+        "Fold Test FDDB folds Test images Train images",
+        "all 4 FDDB folds 8",
+        "Held-out: the images of the FDDB fold that the fold holds out.",
+        "on the same 5 FDDB folds,",
+        "more overfitting to the training images.",
+    ],
+}
+
+
+def test_user_dataset_names_grouping(other_dataset_report: tuple[str, str, str]) -> None:
+    case, detector_part, _text = other_dataset_report
+
+    for expected in GROUPING_TEXT[case]:
+        assert expected in detector_part, expected
+
+
+def test_caltech_report_omits_user_dataset_text(built_report: tuple[bytes, str]) -> None:
+    _data, text = built_report
+
+    assert "not on this dataset" not in text
+    assert "not compared" not in text
+    assert "Original study, training" in text
+
+
+@pytest.mark.parametrize(("dataset", "expected"), [
+    ({}, "person"),
+    ({"format": "caltech", "groups": None}, "person"),
+    ({"format": "csv", "groups": "data/own/groups.csv"}, "group"),
+    ({"format": "voc", "groups": "data/voc/groups.csv"}, "group"),
+    ({"format": "csv", "groups": None}, "image"),
+    ({"format": "voc"}, "image"),
+    ({"format": "fddb", "groups": None}, "FDDB fold"),
+])
+def test_grouping_noun(dataset: dict, expected: str) -> None:
+    assert report.grouping_noun({"dataset": dataset}) == expected
+
+
+def test_split_rows_name_the_grouping() -> None:
+    import pandas as pd
+
+    splits = pd.DataFrame({"image": list("abcde"), "person": ["x", "x", "y", "z", "z"], "fold": [0, 0, 1, 0, 0]})
+
+    assert report.split_rows(splits, "group")[-1] == ("all", "3 groups", "5", "")
+    assert report.split_rows(splits, "FDDB fold")[1] == ("1", "y", "1", "4")
+    assert report.split_rows(splits.head(3), "FDDB fold")[-1] == ("all", "2 FDDB folds", "3", "")
+    assert report.split_rows(splits, "image") == [("0", "4", "1"), ("1", "1", "4"), ("all", "5", "")]
+
+
+def test_split_rows_count_one_group_singular() -> None:
+    import pandas as pd
+
+    splits = pd.DataFrame({"image": ["a", "b"], "person": [7, 7], "fold": [0, 0]})
+
+    assert report.split_rows(splits, "group")[-1] == ("all", "1 group", "2", "")
+
+
+@pytest.mark.parametrize(("heldout", "on_this_data"), [
+    ({"ap50": 1.0, "recall50": 1.0}, True),
+    ({"ap50": 1.0, "recall50": 0.995}, False),
+    ({"ap50": 0.9996, "recall50": 1.0}, False),
+    ({"ap50": None, "recall50": None}, False),
+])
+def test_saturation_caveat_claims_only_measured(heldout: dict, on_this_data: bool) -> None:
+    caveat = report.saturation_caveat(heldout)
+
+    assert ("on this data" in caveat) is on_this_data
+    assert caveat.startswith("AP@0.5 and recall@0.5 reach 1.000")
+
+
+def test_caltech_caveats_keep_their_order() -> None:
+    caveats = report.detector_caveats({"dataset": {"format": "caltech"}}, {"ap50": 1.0, "recall50": 1.0})
+
+    assert caveats[0] == report.FOLD_INTERVAL_CAVEAT
+    assert "on this data" in caveats[1]
+    assert caveats[2:] == list(report.CALTECH_CAVEATS)
+
+
+def test_summary_table_compares_only_caltech() -> None:
+    params = load_params(PROJECT_ROOT / "params.yaml", "default")
+    heldout, train = part_metrics(0.81, 8), part_metrics(0.9, 4)
+
+    caltech_header, caltech_rows = report.summary_table(params, heldout, train)
+    csv_header, csv_rows = report.summary_table({**params, "dataset": OTHER_DATASETS["csv with groups"]},
+                                                heldout, train)
+
+    assert caltech_header[-1] == "Original study, training"
+    assert caltech_rows[0] == ("Mean IoU", "0.810", "", "0.900", "0.943")
+    assert csv_header == caltech_header[:-1]
+    assert csv_rows[0] == ("Mean IoU", "0.810", "", "0.900")
+    assert all(len(row) == 4 for row in csv_rows)
