@@ -331,20 +331,25 @@ def run_validate(args: argparse.Namespace) -> int:
     else:
         print("no problems found")
 
+    # The groups file is checked first, so that the count line below includes its error.
+    groups_failed = bool(args.groups is not None and dataset.images
+                         and not check_groups(dataset, args.data_format, args.groups))
     faces = sum(len(image.faces) for image in dataset.images)
     background = sum(not image.faces for image in dataset.images)
-    errors = sum(problem.action == ERROR for problem in dataset.problems)
+    errors = sum(problem.action == ERROR for problem in dataset.problems) + groups_failed
     dropped = sum(problem.action == DROPPED for problem in dataset.problems)
     print(f"\nwould write {len(dataset.images)} of {len(dataset.listed)} images, {faces} faces, "
-          f"{background} images without faces; {errors} errors, {dropped} dropped")
+          f"{_count(background, 'image')} without faces; {_count(errors, 'error')}, {dropped} dropped")
     if not dataset.images:
         print(f"error: no image would be written, so the convert stage would stop: {no_image_left(dataset)}")
-        return 1
-    if args.groups is not None and not check_groups(dataset, args.data_format, args.groups):
         return 1
     if errors:
         return 1
     return 1 if args.strict and dropped else 0
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
 
 
 def check_groups(dataset, data_format: str, groups_csv: Path) -> bool:
@@ -356,8 +361,9 @@ def check_groups(dataset, data_format: str, groups_csv: Path) -> bool:
     except DataError as error:
         print(f"error: {error}")
         return False
-    kind = "own folds" if groups.predefined_folds else "groups"
-    print(f"{groups_csv}: {len(groups.group_of_image)} images in {len(set(groups.group_of_image.values()))} {kind}")
+    kind = "own fold" if groups.predefined_folds else "group"
+    print(f"{groups_csv}: {_count(len(groups.group_of_image), 'image')} in "
+          f"{_count(len(set(groups.group_of_image.values())), kind)}")
     return True
 
 

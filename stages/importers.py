@@ -854,7 +854,7 @@ def raise_on_errors(dataset: Dataset) -> None:
     errors = dataset.errors()
     if errors:
         lines = "\n".join(problem.line() for problem in errors)
-        raise DataError(f"{len(errors)} errors in the annotations:\n{lines}")
+        raise DataError(f"{len(errors)} error{'' if len(errors) == 1 else 's'} in the annotations:\n{lines}")
 
 
 def format_annotations_csv(images: Sequence[ImageEntry], csv_dir: Path) -> str:

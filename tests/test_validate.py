@@ -50,7 +50,7 @@ def test_validate_clean_dataset(tmp_path, capsys):
     status, out = run_validate(capsys, "--format", "csv", str(annotations))
 
     assert status == 0
-    assert "would write 4 of 4 images, 3 faces, 1 images without faces; 0 errors, 0 dropped" in out
+    assert "would write 4 of 4 images, 3 faces, 1 image without faces; 0 errors, 0 dropped" in out
     assert f"{annotations} line 2: image mode other than RGB: {tmp_path}/gray.jpg mode L: fixed" in out
 
 
@@ -139,6 +139,7 @@ def test_validate_groups_file_missing_an_image_exit_one(tmp_path, capsys):
 
     assert status == 1
     assert f"error: {groups}: no group for 1 of 4 images (for example 'empty.jpg')" in out
+    assert "1 error, 0 dropped" in out
 
 
 @pytest.mark.parametrize("kind", ["latin-1", "folder"])
