@@ -3,7 +3,8 @@
 Reads the evaluation outputs of the detector (metrics, per-image IoU, precision-recall curves,
 predictions), the training curves and the split table, and writes one PNG per figure into
 ``--out``. From params.yaml it reads ``figures.example_images``, ``detector.focal.gamma``,
-``evaluate.iou_score_threshold`` and ``report.paper_train_mean_iou``.
+``evaluate.iou_score_threshold``, ``report.paper_train_mean_iou`` and ``dataset.format``
+(the original study's line is drawn for Caltech Faces 1999 only).
 
 The plotting functions take DataFrames and dicts and return a ``matplotlib.figure.Figure``.
 They build figures without pyplot, so no figure stays registered in a global list, and
@@ -183,10 +184,20 @@ def ranked_positions(count: int) -> np.ndarray:
     return np.linspace(0.0, 100.0, count)
 
 
+def original_study_mean(params: dict) -> float | None:
+    """Return the original study's training mean IoU on Caltech Faces 1999, or None for another dataset."""
+    if (params.get("dataset") or {}).get("format", "caltech") != "caltech":
+        return None
+    return params["report"]["paper_train_mean_iou"]
+
+
 @styled
 def plot_per_image_iou(per_image: pd.DataFrame, heldout_mean: float | None,
-                       train_mean: float | None, paper_train_mean: float) -> Figure:
+                       train_mean: float | None, paper_train_mean: float | None) -> Figure:
     """Draw the sorted IoU of every held-out face by fold, with training IoU in grey.
+
+    ``paper_train_mean`` (the original study's training mean) is drawn as a line when it is not
+    None; it is None for datasets other than Caltech Faces 1999, which that study never used.
 
     ``per_image`` has the columns of per_image.csv, one row per face, so an image with several
     faces gives several values and a background image none. Held-out and training parts have
@@ -234,13 +245,16 @@ def plot_per_image_iou(per_image: pd.DataFrame, heldout_mean: float | None,
     if not heldout.empty:
         histogram.hist(heldout["iou"], bins=IOU_HISTOGRAM_BINS, density=True, histtype="step",
                        color="black", linewidth=1.5, label="held-out")
-    histogram.axvline(paper_train_mean, color=PAPER_COLOUR, linestyle=":", linewidth=1.4,
-                      label="original study, training mean")
+    if paper_train_mean is not None:
+        histogram.axvline(paper_train_mean, color=PAPER_COLOUR, linestyle=":", linewidth=1.4,
+                          label="original study, training mean")
     histogram.set_xlim(0, 1)
     histogram.set_xlabel("IoU")
     histogram.set_ylabel("Density (per unit IoU)")
     histogram.set_title("Distribution")
-    histogram.legend(loc="upper left")
+    # Without faces and without the original study's line, the panel has nothing to label.
+    if histogram.get_legend_handles_labels()[0]:
+        histogram.legend(loc="upper left")
     return fig
 
 
@@ -553,7 +567,7 @@ def draw_figures(args: argparse.Namespace) -> None:
     figures = {
         FOCAL_LOSS_PNG: lambda: plot_focal_loss(params["detector"]["focal"]["gamma"]),
         PER_IMAGE_IOU_PNG: lambda: plot_per_image_iou(per_image, heldout.get("mean_iou"), train.get("mean_iou"),
-                                                      params["report"]["paper_train_mean_iou"]),
+                                                      original_study_mean(params)),
         EXAMPLES_PNG: lambda: plot_examples(examples, params["evaluate"]["iou_score_threshold"]),
         PR_CURVES_PNG: lambda: plot_pr_curves(pr_curves, metrics),
         TRAINING_CURVES_PNG: lambda: plot_training_curves(curves),

@@ -1032,9 +1032,10 @@ def figure_captions(params: dict) -> dict[str, str]:
     gamma = params["detector"]["focal"]["gamma"]
     threshold = params["evaluate"]["iou_score_threshold"]
     paper_mean = params["report"]["paper_train_mean_iou"]
-    paper_note = ""
+    paper_line = f"and the original study's training mean ({paper_mean:.3f})"
     if dataset_format(params) != "caltech":
-        paper_note = ", measured on Caltech Faces 1999, not on this dataset"
+        # stages.figures leaves that line out: the original study measured Caltech Faces 1999 only.
+        paper_line = "(the original study's training mean is left out: it was measured on Caltech Faces 1999)"
     return {
         "focal_loss.png": (
             f"Focal loss FL(p_t) = -(1 - p_t)^gamma log(p_t) against the probability p_t of the true class, for "
@@ -1046,8 +1047,7 @@ def figure_captions(params: dict) -> dict[str, str]:
             f"IoU between each true face box and the best-matching detection with score at least {threshold:g}; a face "
             f"without one counts as IoU 0, and images without faces are left out. Left: held-out faces sorted by "
             f"IoU and coloured by fold, and the training faces of all folds in grey, against percentile rank. Lines "
-            f"mark this study's held-out and training means and the original study's training mean "
-            f"({paper_mean:.3f}){paper_note}. Right: the distributions."
+            f"mark this study's held-out and training means {paper_line}. Right: the distributions."
         ),
         "examples.png": (
             f"Held-out images spread evenly from the best to the worst IoU (the mean over the faces of an image). "

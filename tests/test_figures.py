@@ -470,3 +470,25 @@ def test_main_with_two_faces_and_background_image(tmp_path: Path) -> None:
     assert figures.main(figures_argv(paths, write_params(tmp_path, 24), out)) == 0
 
     assert sorted(path.name for path in out.iterdir()) == sorted(FIGURE_NAMES)
+
+
+@pytest.mark.parametrize("data_format, expected", [("caltech", 0.943), ("csv", None), ("voc", None), ("fddb", None)])
+def test_original_study_mean_only_for_caltech(data_format: str, expected: float | None) -> None:
+    params = {"dataset": {"format": data_format}, "report": {"paper_train_mean_iou": 0.943}}
+
+    assert figures.original_study_mean(params) == expected
+
+
+def test_per_image_iou_without_original_study_line(recwarn: pytest.WarningsRecorder) -> None:
+    per_image = pd.DataFrame(columns=list(figures.PER_IMAGE_COLUMNS))
+
+    with_line = figures.plot_per_image_iou(per_image, 0.8, 0.9, 0.943)
+    without_line = figures.plot_per_image_iou(per_image, 0.8, 0.9, None)
+
+    def labels(fig) -> list[str]:
+        return [text.get_text() for legend in fig.legends + [ax.get_legend() for ax in fig.axes if ax.get_legend()]
+                for text in legend.get_texts()]
+
+    assert any("original study" in label for label in labels(with_line))
+    assert not any("original study" in label for label in labels(without_line))
+    assert [str(warning.message) for warning in recwarn] == []

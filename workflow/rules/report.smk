@@ -23,6 +23,7 @@ rule figures:
         focal_gamma=config["detector"]["focal"]["gamma"],
         iou_score_threshold=config["evaluate"]["iou_score_threshold"],
         paper_train_mean_iou=config["report"]["paper_train_mean_iou"],
+        dataset_format=config["dataset"]["format"],
     log:
         f"logs/{FIGURES_DIR}.log",
     shell:
