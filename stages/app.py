@@ -320,8 +320,8 @@ def run_validate(args: argparse.Namespace) -> int:
     from stages.importers import DROPPED, ERROR, no_image_left
 
     if args.groups is not None and args.data_format in ("caltech", "fddb"):
-        raise DataError(f"--groups {args.groups}: the {args.data_format} format has a fixed grouping; "
-                        "leave the option out")
+        raise DataError(f"--groups {args.groups}: the {args.data_format} format has a fixed grouping, "
+                        "so leave the option out")
     dataset = read_dataset(args.data_format, args.path, args.classes, args.images)
     for problem in sorted(dataset.problems, key=_problem_order):
         print(problem.line())
@@ -353,7 +353,7 @@ def _count(number: int, noun: str) -> str:
 
 
 def check_groups(dataset, data_format: str, groups_csv: Path) -> bool:
-    """Print how ``groups_csv`` groups the images that would be written, or why it cannot; False on error."""
+    """Print how ``groups_csv`` groups the images that would be written, or why it cannot. Return False on error."""
     from stages.split import dataset_groups
 
     try:

@@ -86,8 +86,8 @@ def replace_path(new: Path, target: Path) -> None:
         os.rename(aside, target)
         raise
     if aside.is_dir() and not aside.is_symlink():
-        # Renamed to a staging name first: a kill during rmtree then leaves a part-deleted folder that
-        # remove_leftovers deletes, never one that it would move back as the last good output.
+        # Rename it to a staging name first, so a kill during rmtree leaves a part-deleted folder that
+        # remove_leftovers deletes instead of moving it back as the last good output.
         doomed = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.tmp")
         os.rename(aside, doomed)
         shutil.rmtree(doomed)

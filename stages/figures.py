@@ -197,7 +197,7 @@ def plot_per_image_iou(per_image: pd.DataFrame, heldout_mean: float | None,
     """Draw the sorted IoU of every held-out face by fold, with training IoU in grey.
 
     ``paper_train_mean`` (the original study's training mean) is drawn as a line when it is not
-    None; it is None for datasets other than Caltech Faces 1999, which that study never used.
+    None. It is None for datasets other than Caltech Faces 1999, which that study never used.
 
     ``per_image`` has the columns of per_image.csv, one row per face, so an image with several
     faces gives several values and a background image none. Held-out and training parts have

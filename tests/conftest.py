@@ -105,7 +105,7 @@ def write_training_fold() -> Callable[..., Path]:
     return _write_training_fold
 
 
-# The official archive of the 20 fold files; the data mirror has the same files in FDDB-folds.tar.
+# The official archive of the 20 fold files. The data mirror has the same files in FDDB-folds.tar.
 FDDB_FOLDS_URL = "http://vis-www.cs.umass.edu/fddb/FDDB-folds.tgz"
 # sha256 of each fold file, so that the mirror's copy and the official archive are checked alike.
 FDDB_FOLD_SHA256 = {

@@ -11,7 +11,7 @@ import pytest
 from stages.atomic import atomic_directory, remove_leftovers, replace_path, write_text_atomic
 
 
-def test_write_text_atomic_replaces_the_file_and_leaves_no_temporary(tmp_path):
+def test_write_text_atomic_leaves_no_temporary(tmp_path):
     target = tmp_path / "metrics.json"
     write_text_atomic(target, "old")
     write_text_atomic(target, "new")
@@ -31,8 +31,8 @@ def test_failed_folder_write_keeps_the_old_folder(tmp_path):
     assert sorted(path.name for path in tmp_path.iterdir()) == ["models"]
 
 
-def test_staging_folder_of_a_killed_writer_is_removed_on_the_next_write(tmp_path):
-    # What a SIGKILL inside the ``with`` block leaves: the staging folder, never cleaned up.
+def test_killed_writer_staging_folder_removed(tmp_path):
+    # A SIGKILL inside the ``with`` block leaves the staging folder behind.
     target = tmp_path / "models"
     killed = tmp_path / ".models.k1ll3d_x.tmp"
     killed.mkdir()
@@ -44,7 +44,7 @@ def test_staging_folder_of_a_killed_writer_is_removed_on_the_next_write(tmp_path
     assert sorted(path.name for path in tmp_path.iterdir()) == ["models"]
 
 
-def test_old_output_renamed_aside_by_a_killed_writer_is_moved_back(tmp_path):
+def test_killed_writer_aside_output_restored(tmp_path):
     # A kill between the two renames of replace_path: the old output is aside, the target gone.
     target = tmp_path / "report.pdf"
     aside = tmp_path / ".report.pdf.old-0123abcd"
@@ -62,7 +62,7 @@ def test_remove_leftovers_drops_aside_copy(tmp_path):
     assert sorted(path.name for path in tmp_path.iterdir()) == ["report.pdf"]
 
 
-def test_leftovers_of_other_outputs_are_not_touched(tmp_path):
+def test_remove_leftovers_skips_other_outputs(tmp_path):
     # "fold1.csv" must not clear the staging file of "fold1.csv.bak" or of "fold10.csv".
     others = [tmp_path / ".fold1.csv.bak.abcd1234.tmp", tmp_path / ".fold10.csv.abcd1234.tmp", tmp_path / "notes.tmp"]
     for path in others:
@@ -92,7 +92,7 @@ def test_replace_path_failed_move_restores_target(tmp_path, monkeypatch):
     assert (target / "fold1.h5").read_text() == "good"
 
 
-def test_replaced_folder_is_deleted_under_a_staging_name(tmp_path, monkeypatch):
+def test_replace_path_deletes_under_staging_name(tmp_path, monkeypatch):
     # A kill during the removal of the old folder must not leave it under the name that
     # remove_leftovers moves back.
     target = tmp_path / "splits"

@@ -204,7 +204,7 @@ def test_csv_reader_background_row_kept(tmp_path):
     assert dataset.problems == []
 
 
-def test_csv_reader_background_row_of_an_image_with_faces_is_reported(tmp_path):
+def test_csv_reader_background_row_beside_faces(tmp_path):
     write_image(tmp_path / "a.jpg")
     annotations = write_csv_dataset(tmp_path, ["a.jpg,,,,,", "a.jpg,1,2,30,40,face"])
 
@@ -215,7 +215,7 @@ def test_csv_reader_background_row_of_an_image_with_faces_is_reported(tmp_path):
         (importers.BACKGROUND_WITH_FACES, "annotations.csv line 1", importers.FIXED)]
 
 
-def test_csv_reader_absolute_paths_with_dot_dot_are_one_image(tmp_path):
+def test_csv_reader_absolute_dot_dot_paths(tmp_path):
     write_image(tmp_path / "images" / "a.jpg")
     (tmp_path / "other").mkdir()
     annotations = write_csv_dataset(tmp_path, [f"{tmp_path}/other/../images/a.jpg,1,2,30,40,face",
@@ -447,7 +447,7 @@ def test_voc_reader_two_files_same_image(tmp_path):
     assert len(dataset.images[0].faces) == 2
 
 
-def test_voc_reader_leaves_out_other_classes_with_a_class_csv(tmp_path):
+def test_voc_reader_skips_other_classes(tmp_path):
     write_image(tmp_path / "a.jpg")
     write_image(tmp_path / "street.jpg")
     write_voc(tmp_path / "a.xml", "a.jpg", (WIDTH, HEIGHT),
@@ -464,7 +464,7 @@ def test_voc_reader_leaves_out_other_classes_with_a_class_csv(tmp_path):
                               (importers.NO_FACE_LEFT, "street.xml", "dropped")]
 
 
-def test_voc_reader_other_class_with_broken_box_is_left_out(tmp_path):
+def test_voc_reader_skips_broken_other_class(tmp_path):
     # The box of a class that is left out is never used, so it is not checked either.
     write_image(tmp_path / "a.jpg")
     (tmp_path / "a.xml").write_text(
@@ -575,7 +575,7 @@ def test_fddb_reader_face_count_past_end_of_file(tmp_path):
     assert dataset.problems[0].message == "img_a declares 3 faces but has 1: line 4 is the end of the file"
 
 
-def test_fddb_reader_face_count_too_low_names_the_extra_face_line(tmp_path):
+def test_fddb_reader_face_count_too_low(tmp_path):
     # img_a declares 1 face but has 2: the extra face line is the error, and img_b is still read.
     (tmp_path / "FDDB-fold-01.txt").write_text("img_a\nimg_b\n")
     (tmp_path / "FDDB-fold-01-ellipseList.txt").write_text(
@@ -591,7 +591,7 @@ def test_fddb_reader_face_count_too_low_names_the_extra_face_line(tmp_path):
     assert [(image.key, len(image.faces)) for image in dataset.images] == [("img_a.jpg", 1), ("img_b.jpg", 1)]
 
 
-def test_fddb_reader_missing_count_line_reads_on(tmp_path):
+def test_fddb_reader_missing_count_line(tmp_path):
     (tmp_path / "FDDB-fold-01.txt").write_text("img_a\nimg_b\n")
     (tmp_path / "FDDB-fold-01-ellipseList.txt").write_text("img_a\n20 10 0 50 40 1\nimg_b\n1\n20 10 0 50 40 1\n")
     write_image(tmp_path / "img_a.jpg")
@@ -604,7 +604,7 @@ def test_fddb_reader_missing_count_line_reads_on(tmp_path):
     assert [image.key for image in dataset.images if image.faces] == ["img_b.jpg"]
 
 
-def test_fddb_reader_blank_line_between_faces_skipped(tmp_path):
+def test_fddb_reader_blank_line_between_faces(tmp_path):
     (tmp_path / "FDDB-fold-01.txt").write_text("img_a\n")
     (tmp_path / "FDDB-fold-01-ellipseList.txt").write_text("img_a\n2\n20 10 0 50 40 1\n\n10 10 0 20 20 1\n")
     write_image(tmp_path / "img_a.jpg")

@@ -311,7 +311,7 @@ def test_weights_none_needs_no_file(tmp_path):
     assert train_classifier.resolve_imagenet_weights("vgg19", "none", tmp_path) is None
 
 
-def test_run_key_changes_when_a_crop_changes_but_its_row_does_not(tmp_path):
+def test_run_key_changes_with_crop_bytes(tmp_path):
     # A retrained detector crops faces differently; samples.csv (rows, source digests) stays the same.
     samples = train_classifier.read_samples(write_samples(tmp_path))
     before = train_classifier.run_key(tiny_params(), samples, None)

@@ -238,7 +238,7 @@ def test_download_skips_other_formats(tmp_path, caplog):
 
 @pytest.fixture
 def served_folder(tmp_path):
-    """Serve a folder of this test over HTTP on the loopback address; yield (folder, base URL)."""
+    """Serve a new folder over HTTP on the loopback address and yield (folder, base URL)."""
     folder = tmp_path / "served"
     folder.mkdir()
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
@@ -264,7 +264,7 @@ def test_fddb_folds_download_without_mirror(fddb_folds, fetch_fddb_folds, served
     assert sorted(path.name for path in folds_dir.iterdir()) == sorted(path.name for path in fddb_folds.iterdir())
 
 
-def test_fddb_folds_with_a_changed_file_are_refused(fddb_folds, fetch_fddb_folds, served_folder, tmp_path):
+def test_fddb_folds_changed_file_rejected(fddb_folds, fetch_fddb_folds, served_folder, tmp_path):
     folder, base_url = served_folder
     changed = tmp_path / "changed" / "FDDB-folds"
     shutil.copytree(fddb_folds, changed)
@@ -442,7 +442,7 @@ def assert_sane_metrics(project: Path, folds: int) -> dict:
 
 @pytest.mark.integration
 def test_dvc_smoke_on_csv_dataset(copy_project, tmp_path):
-    # The whole pipeline, the focal-loss study and the report included; the classifier stages
+    # The whole pipeline, the focal-loss study and the report included. The classifier stages
     # run on the smile datasets as for Caltech.
     project = smoke_project(copy_project, tmp_path / "project",
                             {"format": "csv", "annotations": "data/user/annotations.csv", "images": "data/user",

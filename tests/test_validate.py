@@ -101,7 +101,7 @@ def test_validate_no_image_left_exit_one(tmp_path, capsys):
 
 
 def test_validate_no_image_left_names_dropped_boxes(tmp_path, capsys):
-    # The image exists and decodes; its only box lies outside it.
+    # The image exists and decodes, but its only box lies outside it.
     write_image(tmp_path / "a.jpg")
     (tmp_path / "classes.csv").write_text("face,0\n")
     (tmp_path / "annotations.csv").write_text(f"a.jpg,{WIDTH + 10},1,{WIDTH + 40},30,face\n")
@@ -119,7 +119,7 @@ def test_validate_fddb_needs_images(tmp_path, capsys):
     assert "FDDB fold files need --images" in capsys.readouterr().err
 
 
-def test_validate_checks_the_groups_file(tmp_path, capsys):
+def test_validate_groups_file_counts(tmp_path, capsys):
     annotations = write_dataset(tmp_path, GOOD_ROWS)
     groups = tmp_path / "groups.csv"
     groups.write_text("image,group\na.jpg,anna\ngray.jpg,anna\nalpha.png,ben\nempty.jpg,ben\n")
@@ -130,7 +130,7 @@ def test_validate_checks_the_groups_file(tmp_path, capsys):
     assert f"{groups}: 4 images in 2 groups" in out
 
 
-def test_validate_groups_file_missing_an_image_exit_one(tmp_path, capsys):
+def test_validate_groups_missing_image(tmp_path, capsys):
     annotations = write_dataset(tmp_path, GOOD_ROWS)
     groups = tmp_path / "groups.csv"
     groups.write_text("image,group\na.jpg,anna\ngray.jpg,anna\nalpha.png,ben\n")
@@ -143,7 +143,7 @@ def test_validate_groups_file_missing_an_image_exit_one(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("kind", ["latin-1", "folder"])
-def test_validate_unreadable_groups_file_is_named(tmp_path, capsys, kind):
+def test_validate_unreadable_groups_file(tmp_path, capsys, kind):
     annotations = write_dataset(tmp_path, GOOD_ROWS)
     groups = tmp_path / "groups.csv"
     if kind == "folder":
@@ -159,7 +159,7 @@ def test_validate_unreadable_groups_file_is_named(tmp_path, capsys, kind):
     assert expected in out
 
 
-def test_validate_groups_refused_for_fddb(tmp_path, capsys):
+def test_validate_groups_rejected_for_fddb(tmp_path, capsys):
     status = app.main(["validate", "--format", "fddb", str(tmp_path), "--images", str(tmp_path),
                        "--groups", str(tmp_path / "groups.csv")])
 
